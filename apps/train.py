@@ -1,0 +1,130 @@
+r"""Trains a robust classifier: soft quantization + noisy natural samples.
+
+Usage:
+  python -m apps.train --dataset=mnist
+  python -m apps.train --dataset=mnist --method=natural --epochs=3 \
+      --model_dir=runs/natural --data_dir=../shared/data
+
+Outputs go to --model_dir (checkpoints, TensorBoard logs, config.json,
+results.json, model.keras) and --export_dir (a SavedModel). Rerunning the
+same command resumes from the last finished epoch.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from sq_keras import data  # noqa: E402
+from sq_keras import precision  # noqa: E402
+from sq_keras import training  # noqa: E402
+
+_DEFAULTS = training.TrainConfig()
+
+_DATASET = flags.DEFINE_enum("dataset", "mnist", sorted(data.DATASETS), "Dataset to train on.")
+_METHOD = flags.DEFINE_enum(
+    "method",
+    _DEFAULTS.method,
+    sorted(training.METHODS),
+    "; ".join(f"{k}: {m.description}" for k, m in sorted(training.METHODS.items())) + ".",
+)
+_MODEL = flags.DEFINE_string("model", None, "Model name; default: the dataset's.")
+_EPOCHS = flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate.")
+_EPS = flags.DEFINE_float(
+    "eps", None, "Threat radius in [0, 1] pixel units; default: the dataset's (0.3 for MNIST)."
+)
+_NOISE = flags.DEFINE_enum("noise", _DEFAULTS.noise, list(data.NOISE_KINDS), "Noise kind.")
+_NOISE_SCALE = flags.DEFINE_float("noise_scale", None, "Noise size; default: --eps.")
+_NUM_THRESHOLDS = flags.DEFINE_integer(
+    "num_thresholds", _DEFAULTS.num_thresholds, "Quantizer thresholds K."
+)
+_PER_CHANNEL = flags.DEFINE_boolean(
+    "per_channel", _DEFAULTS.per_channel, "One threshold set per input channel."
+)
+_ALPHA_START = flags.DEFINE_float("alpha_start", _DEFAULTS.alpha_start, "Steepness, first epoch.")
+_ALPHA_END = flags.DEFINE_float("alpha_end", _DEFAULTS.alpha_end, "Steepness, last epoch.")
+_ALPHA_SCHEDULE = flags.DEFINE_enum(
+    "alpha_schedule",
+    _DEFAULTS.alpha_schedule,
+    ["geometric", "linear", "constant"],
+    "How steepness moves from --alpha_start to --alpha_end over epochs.",
+)
+_HARD_INFERENCE = flags.DEFINE_boolean(
+    "hard_inference", _DEFAULTS.hard_inference, "Exact staircase at inference time."
+)
+_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "train_examples", None, "Use only the first N training examples."
+)
+_SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed.")
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "Use TensorFlow's deterministic ops (slower)."
+)
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Run directory; default: runs/<dataset>_<method>."
+)
+_EXPORT_DIR = flags.DEFINE_string(
+    "export_dir", None, "SavedModel directory; default: saved_models/<dataset>_<method>."
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Directory with <dataset>/ holding the canonical files; default: "
+    "$SQ_KERAS_DATA_DIR, else tensorflow-datasets.",
+)
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision",
+    "auto",
+    list(precision.POLICIES),
+    "auto: mixed_float16 on GPU, mixed_bfloat16 on a CPU with native bf16, else float32.",
+)
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Discard a different run found in --model_dir."
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+    policy = precision.set_policy(_MIXED_PRECISION.value)
+    name = f"{_DATASET.value}_{_METHOD.value}"
+    config = training.TrainConfig(
+        dataset=_DATASET.value,
+        method=_METHOD.value,
+        model=_MODEL.value,
+        epochs=_EPOCHS.value,
+        batch_size=_BATCH_SIZE.value,
+        learning_rate=_LEARNING_RATE.value,
+        eps=_EPS.value,
+        noise=_NOISE.value,
+        noise_scale=_NOISE_SCALE.value,
+        num_thresholds=_NUM_THRESHOLDS.value,
+        per_channel=_PER_CHANNEL.value,
+        alpha_start=_ALPHA_START.value,
+        alpha_end=_ALPHA_END.value,
+        alpha_schedule=_ALPHA_SCHEDULE.value,
+        hard_inference=_HARD_INFERENCE.value,
+        train_examples=_TRAIN_EXAMPLES.value,
+        seed=_SEED.value,
+        deterministic=_DETERMINISTIC.value,
+        model_dir=_MODEL_DIR.value or os.path.join("runs", name),
+        export_dir=_EXPORT_DIR.value or os.path.join("saved_models", name),
+        data_dir=_DATA_DIR.value,
+        mixed_precision=policy,
+        overwrite=_OVERWRITE.value,
+    )
+    try:
+        training.train(config)
+    except (ValueError, data.DataError, training.TrainingError) as e:
+        raise SystemExit(f"Error: {e}") from None
+
+
+if __name__ == "__main__":
+    app.run(main)

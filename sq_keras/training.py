@@ -1,0 +1,528 @@
+"""Training loop shared by every method.
+
+A method names three things: whether the model has a `SoftQuantization`
+front, whether the data pipeline adds noise, and which train step runs. All
+methods share the model, data pipeline, optimiser, logging, checkpoints and
+export, so their costs and results compare directly.
+
+```python
+config = TrainConfig(dataset="mnist", method="sq_noisy", epochs=10,
+                     model_dir="runs/sq", export_dir="saved_models/mnist_sq_noisy",
+                     data_dir="../shared/data")
+results = train(config)   # resumes from runs/sq/checkpoints if present
+```
+
+Layout of `model_dir`:
+
+* `config.json`: the resolved configuration (a rerun must match it);
+* `checkpoints/`: one `tf.train.Checkpoint` per epoch (model, optimiser,
+  epoch counter), the run resumes from the latest;
+* `history.json`: per-epoch metrics and wall times, written every epoch;
+* `logs/`: TensorBoard events (loss, accuracy, `grad_l1`, alpha, thresholds);
+* `model.keras`: the final Keras model, quantizer included, for white-box
+  evaluation;
+* `results.json`: final metrics.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import sq_keras
+from sq_keras import data
+from sq_keras import export
+from sq_keras import layers
+from sq_keras import models
+
+
+class TrainingError(RuntimeError):
+    """The run cannot start or cannot go on; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How one training method differs from the others.
+
+    Attributes:
+        quantizer: Whether the model gets a `SoftQuantization` front.
+        noise: Whether the noise stage perturbs training batches.
+        step: Key of `STEP_BUILDERS`.
+        description: One line for help texts.
+    """
+
+    quantizer: bool
+    noise: bool
+    step: str
+    description: str
+
+
+def build_standard_step(model, optimizer, loss_fn, config):
+    """Cross-entropy on the batch as it comes from the pipeline."""
+    del config
+
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = loss_fn(labels, logits)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, logits
+
+    return step
+
+
+STEP_BUILDERS = {"standard": build_standard_step}
+
+METHODS = {
+    "sq_noisy": Method(True, True, "standard", "soft quantization + noisy samples"),
+    "sq_natural": Method(True, False, "standard", "soft quantization, clean samples"),
+    "noisy": Method(False, True, "standard", "noisy samples, no quantizer"),
+    "natural": Method(False, False, "standard", "clean samples, no quantizer"),
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on. None means "the dataset's default".
+
+    Attributes:
+        dataset: Key of `sq_keras.data.DATASETS`.
+        method: Key of `METHODS`.
+        model: Key of `sq_keras.models.MODELS`; None for the dataset's.
+        epochs: Number of passes over the training set.
+        batch_size: Examples per step.
+        learning_rate: Adam learning rate.
+        eps: Threat radius in [0, 1] pixel units; None for the dataset's.
+        noise: Noise kind, one of `sq_keras.data.NOISE_KINDS`.
+        noise_scale: Noise size; None means `eps`.
+        num_thresholds: Thresholds K of the quantizer.
+        per_channel: One threshold set per input channel.
+        alpha_start: Quantizer steepness in the first epoch.
+        alpha_end: Quantizer steepness in the last epoch (kept at export).
+        alpha_schedule: "geometric", "linear" or "constant".
+        hard_inference: Export with the exact staircase at inference.
+        train_examples: Use only the first N training examples (None: all).
+        seed: Seeds weights, shuffling and noise.
+        deterministic: Enable TensorFlow's deterministic ops.
+        model_dir: Where checkpoints, logs, config and results go.
+        export_dir: Where the SavedModel goes; None for no export.
+        data_dir: Local dataset directory; None for $SQ_KERAS_DATA_DIR/tfds.
+        mixed_precision: The resolved Keras dtype policy name in force.
+        grad_examples: Test examples used for the `grad_l1` curve.
+        overwrite: Start afresh if `model_dir` holds a different run.
+    """
+
+    dataset: str = "mnist"
+    method: str = "sq_noisy"
+    model: str = None
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    eps: float = None
+    noise: str = "uniform"
+    noise_scale: float = None
+    num_thresholds: int = 1
+    per_channel: bool = False
+    alpha_start: float = 10.0
+    alpha_end: float = 100.0
+    alpha_schedule: str = "geometric"
+    hard_inference: bool = False
+    train_examples: int = None
+    seed: int = 0
+    deterministic: bool = False
+    model_dir: str = "runs/default"
+    export_dir: str = None
+    data_dir: str = None
+    mixed_precision: str = "float32"
+    grad_examples: int = 256
+    overwrite: bool = False
+
+    def resolved(self):
+        """Returns a copy with dataset defaults filled in, after validation."""
+        info = data.get_info(self.dataset)
+        if self.method not in METHODS:
+            raise ValueError(
+                f"Unknown method {self.method!r}. Valid methods: {', '.join(sorted(METHODS))}."
+            )
+        model = self.model or info.model
+        if model not in models.MODELS:
+            raise ValueError(
+                f"Unknown model {model!r}. Valid models: {', '.join(sorted(models.MODELS))}."
+            )
+        eps = info.eps if self.eps is None else float(self.eps)
+        noise_scale = eps if self.noise_scale is None else float(self.noise_scale)
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1", self.epochs),
+            (self.batch_size >= 1, "batch_size must be >= 1", self.batch_size),
+            (self.learning_rate > 0, "learning_rate must be > 0", self.learning_rate),
+            (0 <= eps <= 1, "eps must be in [0, 1]", eps),
+            (0 <= noise_scale <= 1, "noise_scale must be in [0, 1]", noise_scale),
+            (self.num_thresholds >= 1, "num_thresholds must be >= 1", self.num_thresholds),
+            (self.alpha_start > 0, "alpha_start must be > 0", self.alpha_start),
+            (self.alpha_end > 0, "alpha_end must be > 0", self.alpha_end),
+            (self.grad_examples >= 1, "grad_examples must be >= 1", self.grad_examples),
+            (
+                self.train_examples is None or self.train_examples >= 1,
+                "train_examples must be >= 1",
+                self.train_examples,
+            ),
+            (
+                self.noise in data.NOISE_KINDS,
+                f"noise must be one of {', '.join(data.NOISE_KINDS)}",
+                self.noise,
+            ),
+            (
+                self.alpha_schedule in ("geometric", "linear", "constant"),
+                "alpha_schedule must be geometric, linear or constant",
+                self.alpha_schedule,
+            ),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise ValueError(f"{message}. Received: {value!r}")
+        return dataclasses.replace(self, model=model, eps=eps, noise_scale=noise_scale)
+
+
+# Keys that may differ between a run and its resumption without changing what
+# is trained.
+_RESUME_FREE_KEYS = ("epochs", "export_dir", "data_dir", "overwrite", "environment")
+
+
+def _git_commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _environment():
+    return {
+        "sq_keras": sq_keras.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+
+
+def _write_json(path, payload):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _prepare_model_dir(config):
+    """Creates `model_dir`, refusing to mix a different run into it."""
+    path = os.path.join(config.model_dir, "config.json")
+    record = {**dataclasses.asdict(config), "environment": _environment()}
+    if os.path.exists(path):
+        previous = _read_json(path)
+        diffs = {
+            k: (previous.get(k), v)
+            for k, v in record.items()
+            if k not in _RESUME_FREE_KEYS and previous.get(k) != v
+        }
+        if diffs and not config.overwrite:
+            lines = "\n".join(f"  {k}: was {a!r}, now {b!r}" for k, (a, b) in diffs.items())
+            raise TrainingError(
+                f"{config.model_dir} holds a run with a different configuration:\n"
+                f"{lines}\nUse another --model_dir, or --overwrite to discard that run."
+            )
+        if diffs:
+            for name in ("checkpoints", "logs", "history.json", "results.json", "model.keras"):
+                target = os.path.join(config.model_dir, name)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.remove(target)
+    try:
+        os.makedirs(config.model_dir, exist_ok=True)
+        _write_json(path, record)
+    except OSError as e:
+        raise TrainingError(f"Cannot write to --model_dir {config.model_dir}: {e}") from e
+
+
+def _batches(images, labels, batch_size):
+    """uint8 arrays -> float32 batches in [0, 1] (cast once per batch)."""
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    return ds.map(
+        lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def make_train_dataset(images, labels, config, epoch):
+    """The training batches of one epoch: shuffled, batched, noised if needed.
+
+    Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
+    differs and a resumed run sees exactly the batches it would have seen.
+    """
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
+    ds = _batches(images[order], labels[order], config.batch_size)
+    if METHODS[config.method].noise:
+        ds = data.add_noise(
+            ds, kind=config.noise, scale=config.noise_scale, seed=(config.seed, epoch)
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def input_gradient_stats(model, images, labels):
+    """Mean l1 norm of d(cross-entropy)/d(input) per example, and zero share.
+
+    Args:
+        model: Keras model returning logits.
+        images: float32 `[N, H, W, C]`.
+        labels: int `[N]`.
+
+    Returns:
+        `(mean_l1, zero_fraction)`: the mean over examples of
+        `||grad_x L(x, y)||_1` and the fraction of gradient entries that are
+        exactly zero (a sign of saturated, gradient-masking units).
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        logits = tf.cast(model(images, training=False), tf.float32)
+        loss = tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        )
+    grad = tape.gradient(loss, images)
+    l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
+    zero = tf.reduce_mean(tf.cast(tf.equal(grad, 0.0), tf.float32))
+    return float(tf.reduce_mean(l1)), float(zero)
+
+
+def evaluate_accuracy(model, images, labels, batch_size=1000):
+    """Clean top-1 accuracy of `model` on uint8 `images`."""
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):
+        return tf.argmax(model(x, training=False), axis=-1)
+
+    correct = 0
+    for x, y in _batches(images, labels, batch_size):
+        correct += int(tf.reduce_sum(tf.cast(predict(x) == y, tf.int32)))
+    return correct / len(images)
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+def train(config, *, log=_log):
+    """Trains, checkpoints, logs and exports one model; resumes if possible.
+
+    Args:
+        config: A `TrainConfig`. Its `mixed_precision` must name the policy
+            already set globally (the app sets it first).
+        log: Callable taking one line of progress text.
+
+    Returns:
+        The dict written to `results.json`.
+
+    Raises:
+        ValueError: Invalid configuration.
+        TrainingError: `model_dir` holds another run, the loss diverged, or
+            an output cannot be written.
+        sq_keras.data.DataError: Dataset files missing or corrupt.
+    """
+    config = config.resolved()
+    info = data.get_info(config.dataset)
+    method = METHODS[config.method]
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+
+    split = "train" if config.train_examples is None else f"train[:{config.train_examples}]"
+    train_x, train_y = data.load_arrays(config.dataset, split, config.data_dir)
+    test_x, test_y = data.load_arrays(config.dataset, "test", config.data_dir)
+    _prepare_model_dir(config)
+
+    quantizer = None
+    if method.quantizer:
+        quantizer = {
+            "num_thresholds": config.num_thresholds,
+            "alpha": layers.alpha_schedule(
+                0,
+                config.epochs,
+                start=config.alpha_start,
+                end=config.alpha_end,
+                kind=config.alpha_schedule,
+            ),
+            "per_channel": config.per_channel,
+            "hard": config.hard_inference,
+        }
+    model = models.build(
+        config.model,
+        input_shape=info.image_shape,
+        num_classes=info.num_classes,
+        soft_quantization=quantizer,
+    )
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    step = STEP_BUILDERS[method.step](model, optimizer, loss_fn, config)
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.model_dir, "checkpoints"), max_to_keep=2
+    )
+    history_path = os.path.join(config.model_dir, "history.json")
+    history = []
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        if os.path.exists(history_path):
+            history = _read_json(history_path)[: int(epoch_var.numpy())]
+        log(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}).")
+
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "logs"))
+    grad_x = test_x[: config.grad_examples].astype(np.float32) / 255.0
+    grad_y = test_y[: config.grad_examples]
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    log(
+        f"Training {config.model} with method {config.method} on {len(train_x)} "
+        f"{config.dataset} examples for {config.epochs} epochs "
+        f"({steps_per_epoch} steps each), policy {config.mixed_precision}."
+    )
+
+    for epoch in range(int(epoch_var.numpy()), config.epochs):
+        alpha = layers.alpha_schedule(
+            epoch,
+            config.epochs,
+            start=config.alpha_start,
+            end=config.alpha_end,
+            kind=config.alpha_schedule,
+        )
+        layers.set_alpha(model, alpha)
+        progbar = keras.utils.Progbar(
+            steps_per_epoch,
+            stateful_metrics=["loss", "accuracy"],
+            unit_name="step",
+            # A terminal redraws one line; a log file gets a line every 20 s.
+            interval=0.1 if sys.stdout.isatty() else 20.0,
+        )
+        log(f"Epoch {epoch + 1}/{config.epochs}" + (f" (alpha {alpha:.3g})" if quantizer else ""))
+        start = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        for i, (images, labels) in enumerate(make_train_dataset(train_x, train_y, config, epoch)):
+            loss, logits = step(images, labels)
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"Loss became {loss} at epoch {epoch + 1}, step {i + 1}. The last "
+                    f"good checkpoint is kept in {manager.directory}; lower "
+                    "--learning_rate or use --mixed_precision=float32."
+                )
+            n = int(tf.shape(labels)[0])
+            loss_sum += loss * n
+            correct += float(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == labels, tf.float32)))
+            seen += n
+            progbar.update(i + 1, [("loss", loss_sum / seen), ("accuracy", correct / seen)])
+        seconds = time.perf_counter() - start
+
+        test_accuracy = evaluate_accuracy(model, test_x, test_y)
+        grad_l1, grad_zero = input_gradient_stats(model, grad_x, grad_y)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "test_accuracy": test_accuracy,
+            "grad_l1": grad_l1,
+            "grad_zero_fraction": grad_zero,
+            "seconds": seconds,
+        }
+        with writer.as_default(step=epoch + 1):
+            tf.summary.scalar("train/loss", record["train_loss"])
+            tf.summary.scalar("train/accuracy", record["train_accuracy"])
+            tf.summary.scalar("test/accuracy", test_accuracy)
+            tf.summary.scalar("input_gradient/grad_l1", grad_l1)
+            tf.summary.scalar("input_gradient/zero_fraction", grad_zero)
+            tf.summary.scalar("time/epoch_seconds", seconds)
+            for k, layer in enumerate(layers.quantization_layers(model)):
+                tf.summary.scalar(f"quantizer_{k}/alpha", float(layer.alpha.numpy()))
+                tf.summary.histogram(f"quantizer_{k}/thresholds", layer.thresholds.numpy())
+                record[f"quantizer_{k}_thresholds"] = layer.thresholds.numpy().tolist()
+                record["alpha"] = float(layer.alpha.numpy())
+        writer.flush()
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+        history.append(record)
+        _write_json(history_path, history)
+        log(
+            f"  {seconds:.1f}s  train loss {record['train_loss']:.4f}  "
+            f"train acc {record['train_accuracy']:.4f}  test acc {test_accuracy:.4f}  "
+            f"grad_l1 {grad_l1:.4g}  zero-grad {grad_zero:.1%}"
+        )
+
+    model_path = os.path.join(config.model_dir, "model.keras")
+    model.save(model_path)
+    final = history[-1] if history else {}
+    results = {
+        "dataset": config.dataset,
+        "method": config.method,
+        "epochs_done": len(history),
+        "test_accuracy": final.get("test_accuracy", evaluate_accuracy(model, test_x, test_y)),
+        "train_accuracy": final.get("train_accuracy"),
+        "train_loss": final.get("train_loss"),
+        "grad_l1": final.get("grad_l1"),
+        "grad_zero_fraction": final.get("grad_zero_fraction"),
+        "seconds_per_epoch": [h["seconds"] for h in history],
+        "total_train_seconds": sum(h["seconds"] for h in history),
+        "thresholds": [
+            layer.thresholds.numpy().tolist() for layer in layers.quantization_layers(model)
+        ],
+        "alpha": [float(layer.alpha.numpy()) for layer in layers.quantization_layers(model)],
+        "model_path": model_path,
+        "export_dir": None,
+    }
+    if config.export_dir:
+        metadata = {
+            "dataset": config.dataset,
+            "method": config.method,
+            "eps": config.eps,
+            "class_names": list(info.class_names),
+            "test_accuracy": results["test_accuracy"],
+            **_environment(),
+        }
+        try:
+            export.export_saved_model(model, config.export_dir, metadata=metadata)
+        except OSError as e:
+            raise TrainingError(f"Cannot export to {config.export_dir}: {e}") from e
+        results["export_dir"] = os.path.abspath(config.export_dir)
+        log(f"Exported SavedModel to {config.export_dir}")
+    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    log(
+        f"Done: test accuracy {results['test_accuracy']:.4f} after {len(history)} "
+        f"epochs, {results['total_train_seconds']:.0f}s of training."
+    )
+    return results

@@ -1,0 +1,132 @@
+"""Tests for sq_keras.data.datasets on the canonical MNIST files."""
+
+import dataclasses
+import gzip
+import os
+import shutil
+import time
+from unittest import mock
+
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import data
+from sq_keras.data import datasets
+
+SHARED = os.environ["SQ_KERAS_DATA_DIR"]
+
+
+class LoadLocalTest(parameterized.TestCase):
+    def test_mnist_arrays(self):
+        images, labels = data.load_arrays("mnist", "test")
+        self.assertEqual(images.shape, (10000, 28, 28, 1))
+        self.assertEqual(images.dtype, np.uint8)
+        self.assertEqual(labels.dtype, np.int64)
+        # The first test digits of the canonical file.
+        np.testing.assert_array_equal(labels[:8], [7, 2, 1, 0, 4, 1, 4, 9])
+        self.assertEqual(sorted(set(labels.tolist())), list(range(10)))
+        self.assertEqual(int(images.max()), 255)
+
+    def test_train_split_and_slices(self):
+        images, labels = data.load_arrays("mnist", "train[:100]")
+        self.assertEqual(images.shape, (100, 28, 28, 1))
+        np.testing.assert_array_equal(labels[:5], [5, 0, 4, 1, 9])
+        tail, _ = data.load_arrays("mnist", "train[59990:]")
+        self.assertEqual(len(tail), 10)
+
+    def test_dataset_is_float_in_unit_interval(self):
+        ds = data.load("mnist", "test[:64]")
+        x, y = next(iter(ds.batch(64)))
+        self.assertEqual(x.shape, (64, 28, 28, 1))
+        self.assertEqual(x.dtype.name, "float32")
+        self.assertAlmostEqual(float(x.numpy().max()), 1.0)
+        self.assertGreaterEqual(float(x.numpy().min()), 0.0)
+        self.assertEqual(int(y[0]), 7)
+
+    def test_explicit_data_dir_beats_environment(self):
+        images, _ = data.load_arrays("mnist", "test[:3]", data_dir=SHARED)
+        self.assertEqual(images.shape[0], 3)
+
+    def test_missing_file_fails_fast_naming_files_and_checksums(self):
+        root = self.create_tempdir().full_path
+        os.makedirs(os.path.join(root, "mnist"))
+        start = time.perf_counter()
+        with self.assertRaises(data.DataError) as ctx:
+            data.load_arrays("mnist", "test", data_dir=root)
+        self.assertLess(time.perf_counter() - start, 5.0)
+        message = str(ctx.exception)
+        for f in datasets.DATASETS["mnist"].files["test"]:
+            self.assertIn(f.name, message)
+            self.assertIn(f.sha256, message)
+        self.assertIn("train-images-idx3-ubyte.gz", message)
+
+    def test_corrupt_file_is_rejected(self):
+        root = self.create_tempdir().full_path
+        os.makedirs(os.path.join(root, "mnist"))
+        for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            shutil.copy(os.path.join(SHARED, "mnist", name), os.path.join(root, "mnist"))
+        path = os.path.join(root, "mnist", "t10k-labels-idx1-ubyte.gz")
+        with gzip.open(os.path.join(SHARED, "mnist", "t10k-labels-idx1-ubyte.gz")) as f:
+            raw = bytearray(f.read())
+        raw[100] = (raw[100] + 1) % 10  # one wrong label
+        with gzip.open(path, "wb") as f:
+            f.write(bytes(raw))
+        with self.assertRaisesRegex(data.DataError, "Corrupt .*t10k-labels"):
+            data.load_arrays("mnist", "test", data_dir=root)
+
+    @parameterized.named_parameters(
+        ("dataset", "mnistt", "test", "Valid datasets: mnist"),
+        ("split", "mnist", "validation", "Valid splits: test, train"),
+        ("slice", "mnist", "train[a:b]", "Valid splits"),
+    )
+    def test_unknown_names_list_valid_ones(self, name, split, pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+            data.load_arrays(name, split)
+
+    def test_registry_info(self):
+        info = data.get_info("mnist")
+        self.assertEqual(info.image_shape, (28, 28, 1))
+        self.assertEqual(info.num_classes, 10)
+        self.assertEqual(info.eps, 0.3)
+
+
+class LoadTfdsTest(parameterized.TestCase):
+    """The tensorflow-datasets source, prepared offline from the local files."""
+
+    def setUp(self):
+        super().setUp()
+        self.tfds_dir = self.create_tempdir().full_path
+        # patch.dict restores the whole environment afterwards.
+        self.enter_context(mock.patch.dict(os.environ, {"TFDS_DATA_DIR": self.tfds_dir}))
+        del os.environ["SQ_KERAS_DATA_DIR"]
+
+    def test_prepared_tfds_copy_matches_local_files(self):
+        import tensorflow_datasets as tfds
+
+        tfds.builder("mnist", data_dir=self.tfds_dir).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.path.join(SHARED, "mnist"))
+        )
+        images, labels = data.load_arrays("mnist", "test")
+        local_images, local_labels = data.load_arrays("mnist", "test", data_dir=SHARED)
+
+        # tfds stores the examples in its own order: compare as multisets.
+        def examples(xs, ys):
+            return sorted(x.tobytes() + bytes([int(y)]) for x, y in zip(xs, ys))
+
+        self.assertEqual(images.shape, local_images.shape)
+        self.assertEqual(examples(images, labels), examples(local_images, local_labels))
+
+    def test_offline_without_local_copy_fails_fast(self):
+        unreachable = dataclasses.replace(
+            datasets.DATASETS["mnist"], download_host="example.invalid"
+        )
+        self.enter_context(mock.patch.dict(datasets.DATASETS, {"mnist": unreachable}))
+        start = time.perf_counter()
+        with self.assertRaisesRegex(data.DataError, "cannot be reached.*\n.*--data_dir"):
+            data.load_arrays("mnist", "test")
+        self.assertLess(time.perf_counter() - start, 5.0)
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,97 @@
+"""End-to-end tests of `python -m apps.train`, run the way a user runs it."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+from tensorboard.backend.event_processing import event_accumulator
+
+import sq_keras.layers  # noqa: F401  (registers SoftQuantization for load_model)
+from sq_keras import data
+from tests.testing_utils import serve_in_fresh_process
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_train(*flags, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "apps.train", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class TrainAppTest(parameterized.TestCase):
+    def test_smoke_run_leaves_results_logs_and_a_servable_export(self):
+        tmp = self.create_tempdir().full_path
+        model_dir = os.path.join(tmp, "smoke")
+        export_dir = os.path.join(tmp, "smoke_export")
+        start = time.perf_counter()
+        proc = run_train(
+            "--dataset=mnist",
+            "--epochs=1",
+            "--train_examples=2000",
+            f"--model_dir={model_dir}",
+            f"--export_dir={export_dir}",
+            "--seed=0",
+        )
+        elapsed = time.perf_counter() - start
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertLess(elapsed, 120)
+        self.assertIn("Epoch 1/1", proc.stdout)
+
+        with open(os.path.join(model_dir, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual(config["method"], "sq_noisy")
+        self.assertEqual(config["train_examples"], 2000)
+        self.assertEqual(results["epochs_done"], 1)
+        self.assertGreater(results["test_accuracy"], 0.7)
+
+        acc = event_accumulator.EventAccumulator(os.path.join(model_dir, "logs"))
+        acc.Reload()
+        self.assertTrue(any("grad_l1" in tag for tag in acc.Tags()["tensors"]))
+
+        test_images, _ = data.load_arrays("mnist", "test[:200]")
+        x = test_images.astype(np.float32) / 255.0
+        model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        expected = model.predict(x, verbose=0)
+        out = serve_in_fresh_process(export_dir, x, tmp)
+        np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(out["logits"].argmax(-1), expected.argmax(-1))
+        self.assertEqual(glob.glob(os.path.join(tmp, ".export-*")), [])
+
+    @parameterized.named_parameters(
+        ("unknown_method", ["--method=pgd"], "natural\\|noisy\\|sq_natural\\|sq_noisy"),
+        ("bad_eps", ["--eps=2"], "eps must be in \\[0, 1\\]"),
+        ("stray_argument", ["oops"], "Unexpected arguments: oops"),
+    )
+    def test_bad_flags_fail_with_a_clear_message(self, flags, pattern):
+        tmp = self.create_tempdir().full_path
+        proc = run_train(f"--model_dir={tmp}/run", *flags, timeout=120)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertRegex(proc.stdout + proc.stderr, pattern)
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_missing_data_files_fail_fast(self):
+        tmp = self.create_tempdir().full_path
+        start = time.perf_counter()
+        proc = run_train(f"--model_dir={tmp}/run", f"--data_dir={tmp}", timeout=120)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("train-images-idx3-ubyte.gz", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertLess(time.perf_counter() - start, 30)  # includes TF start-up
+
+
+if __name__ == "__main__":
+    absltest.main()

@@ -1,0 +1,167 @@
+"""Tests for sq_keras.training: short real trainings on MNIST subsets."""
+
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+from tensorboard.backend.event_processing import event_accumulator
+
+from sq_keras import training
+
+
+def _config(model_dir, **kwargs):
+    defaults = dict(
+        epochs=1,
+        train_examples=1000,
+        batch_size=100,
+        grad_examples=64,
+        seed=0,
+        model_dir=model_dir,
+        export_dir=None,
+        mixed_precision="float32",
+    )
+    return training.TrainConfig(**{**defaults, **kwargs})
+
+
+def _scalars(model_dir):
+    acc = event_accumulator.EventAccumulator(
+        os.path.join(model_dir, "logs"), size_guidance={"tensors": 0, "histograms": 0}
+    )
+    acc.Reload()
+    return acc
+
+
+class TrainTest(parameterized.TestCase):
+    def test_natural_training_learns_and_writes_outputs(self):
+        model_dir = self.create_tempdir().full_path
+        lines = []
+        results = training.train(
+            _config(model_dir, method="natural", epochs=2, train_examples=2000),
+            log=lines.append,
+        )
+        self.assertEqual(results["epochs_done"], 2)
+        self.assertGreater(results["test_accuracy"], 0.85)
+        self.assertLen(results["seconds_per_epoch"], 2)
+        self.assertEqual(results["thresholds"], [])
+        for name in ("config.json", "results.json", "history.json", "model.keras"):
+            self.assertTrue(os.path.exists(os.path.join(model_dir, name)), name)
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual(config["method"], "natural")
+        self.assertEqual(config["eps"], 0.3)
+        self.assertEqual(config["noise_scale"], 0.3)
+        self.assertIn("tensorflow", config["environment"])
+        loaded = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        self.assertEqual(loaded.count_params(), 3274634)
+        self.assertTrue(any("test acc" in line for line in lines))
+
+    def test_sq_noisy_logs_gradient_norms_alpha_and_thresholds(self):
+        model_dir = self.create_tempdir().full_path
+        results = training.train(
+            _config(model_dir, method="sq_noisy", epochs=2, alpha_start=10.0, alpha_end=40.0)
+        )
+        self.assertEqual(results["alpha"], [40.0])
+        (thresholds,) = results["thresholds"]
+        self.assertLen(thresholds, 1)
+        self.assertTrue(0.0 < thresholds[0] < 1.0)
+        acc = _scalars(model_dir)
+        tags = acc.Tags()
+        grad_tags = [t for t in tags["tensors"] if "grad_l1" in t]
+        self.assertEqual(grad_tags, ["input_gradient/grad_l1"])
+        events = acc.Tensors("input_gradient/grad_l1")
+        self.assertEqual([e.step for e in events], [1, 2])
+        values = [float(tf.make_ndarray(e.tensor_proto)) for e in events]
+        self.assertTrue(all(v > 0 for v in values))
+        alphas = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("quantizer_0/alpha")]
+        np.testing.assert_allclose(alphas, [10.0, 40.0], rtol=1e-6)
+        self.assertIn("quantizer_0/thresholds", tags["tensors"])
+        for tag in ("train/loss", "train/accuracy", "test/accuracy"):
+            self.assertIn(tag, tags["tensors"])
+
+    def test_rerun_resumes_from_last_epoch(self):
+        model_dir = self.create_tempdir().full_path
+        first = training.train(_config(model_dir, method="noisy", epochs=1))
+        lines = []
+        second = training.train(_config(model_dir, method="noisy", epochs=2), log=lines.append)
+        self.assertTrue(any(line.startswith("Resumed from") for line in lines))
+        self.assertEqual(second["epochs_done"], 2)
+        with open(os.path.join(model_dir, "history.json")) as f:
+            history = json.load(f)
+        self.assertEqual([h["epoch"] for h in history], [1, 2])
+        # Epoch 1 was not trained again.
+        self.assertEqual(history[0]["seconds"], first["seconds_per_epoch"][0])
+        self.assertEqual(sum("Epoch " in line for line in lines), 1)
+        # A finished run rerun as is trains nothing more.
+        lines = []
+        training.train(_config(model_dir, method="noisy", epochs=2), log=lines.append)
+        self.assertFalse(any("Epoch " in line for line in lines))
+        self.assertLen(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")), 2)
+
+    def test_different_run_in_model_dir_is_refused_unless_overwrite(self):
+        model_dir = self.create_tempdir().full_path
+        training.train(_config(model_dir, method="natural", train_examples=200))
+        with self.assertRaisesRegex(training.TrainingError, "method: was 'natural', now 'noisy'"):
+            training.train(_config(model_dir, method="noisy", train_examples=200))
+        lines = []
+        results = training.train(
+            _config(model_dir, method="noisy", train_examples=200, overwrite=True),
+            log=lines.append,
+        )
+        self.assertFalse(any(line.startswith("Resumed") for line in lines))
+        self.assertEqual(results["method"], "noisy")
+
+    @parameterized.named_parameters(
+        ("method", {"method": "pgd"}, "Valid methods"),
+        ("dataset", {"dataset": "cifar"}, "Valid datasets"),
+        ("eps", {"eps": 1.5}, "eps must be in"),
+        ("epochs", {"epochs": 0}, "epochs must be"),
+        ("batch", {"batch_size": 0}, "batch_size must be"),
+        ("noise", {"noise": "salt"}, "noise must be one of"),
+        ("thresholds", {"num_thresholds": 0}, "num_thresholds must be"),
+    )
+    def test_invalid_config(self, kwargs, pattern):
+        with self.assertRaisesRegex(ValueError, pattern):
+            training.train(_config(self.create_tempdir().full_path, **kwargs))
+
+    def test_epoch_datasets_are_reproducible_and_differ_between_epochs(self):
+        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+        labels = np.arange(20, dtype=np.int64)
+        config = _config("unused", method="sq_noisy", batch_size=20).resolved()
+
+        def epoch_batch(epoch):
+            ((x, y),) = list(training.make_train_dataset(images, labels, config, epoch))
+            return x.numpy(), y.numpy()
+
+        x0, y0 = epoch_batch(0)
+        x0b, y0b = epoch_batch(0)
+        x1, y1 = epoch_batch(1)
+        np.testing.assert_array_equal(x0, x0b)
+        np.testing.assert_array_equal(y0, y0b)
+        self.assertFalse(np.array_equal(y0, y1))
+        self.assertFalse(np.array_equal(x0, x1))
+        self.assertEqual(sorted(y0.tolist()), list(range(20)))
+        clean = images[y0].astype(np.float32) / 255.0
+        self.assertLessEqual(np.abs(x0 - clean).max(), 0.3 + 1e-6)
+        self.assertGreater(np.abs(x0 - clean).mean(), 0.05)
+
+
+class InputGradientStatsTest(parameterized.TestCase):
+    def test_linear_model_gradient_norm(self):
+        # logits = [w.x, 0]: d CE / dx = -(1 - p_0) * w for label 0.
+        inputs = keras.Input((2,))
+        dense = keras.layers.Dense(2, use_bias=False)
+        model = keras.Model(inputs, dense(inputs))
+        dense.kernel.assign([[1.0, 0.0], [-2.0, 0.0]])
+        x = np.zeros((1, 2), np.float32)
+        l1, zero = training.input_gradient_stats(model, x, np.array([0]))
+        self.assertAlmostEqual(l1, 0.5 * 3.0, places=5)
+        self.assertEqual(zero, 0.0)
+
+
+if __name__ == "__main__":
+    absltest.main()
