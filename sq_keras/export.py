@@ -6,7 +6,7 @@ alone (`tf.saved_model.load`, TensorFlow Serving) without importing sq_keras:
 ```python
 export_saved_model(model, "saved_models/mnist_sq_noisy", metadata={...})
 served = tf.saved_model.load("saved_models/mnist_sq_noisy")
-out = served.signatures["serving_default"](images=batch)  # logits, probabilities
+out = served.signatures["serving_default"](images=batch)  # logits, probabilities, classes
 ```
 """
 
@@ -25,9 +25,10 @@ def export_saved_model(model, export_dir, *, metadata=None):
     """Writes `model` as a SavedModel with a `serving_default` signature.
 
     The signature takes float32 `images` `[N, H, W, C]` in [0, 1] and returns
-    float32 `logits` and `probabilities`. The export is written to a temporary
-    sibling directory and renamed into place, so a crash never leaves a
-    half-written model at `export_dir`; an existing export there is replaced.
+    float32 `logits` and `probabilities` and int64 `classes` (the argmax).
+    The export is written to a temporary sibling directory and renamed into
+    place, so a crash never leaves a half-written model at `export_dir`; an
+    existing export there is replaced.
 
     Args:
         model: A Keras model mapping images in [0, 1] to logits.
@@ -45,7 +46,11 @@ def export_saved_model(model, export_dir, *, metadata=None):
 
     def serve(images):
         logits = tf.cast(model(images, training=False), tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "classes": tf.argmax(logits, axis=-1),
+        }
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import keras
@@ -269,6 +270,21 @@ def _prepare_model_dir(config):
         raise TrainingError(f"Cannot write to --model_dir {config.model_dir}: {e}") from e
 
 
+def _check_writable_parent(path, what):
+    """Fails now, not after hours of training, if `path` cannot be created."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise TrainingError(
+            f"{what} {path} is not writable ({e}). Choose a directory you can write to."
+        ) from e
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TrainingError(f"{what} {path} exists and is not a directory.")
+
+
 def _batches(images, labels, batch_size):
     """uint8 arrays -> float32 batches in [0, 1] (cast once per batch)."""
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
@@ -364,6 +380,8 @@ def train(config, *, log=_log):
     train_x, train_y = data.load_arrays(config.dataset, split, config.data_dir)
     test_x, test_y = data.load_arrays(config.dataset, "test", config.data_dir)
     _prepare_model_dir(config)
+    if config.export_dir:
+        _check_writable_parent(config.export_dir, "--export_dir")
 
     quantizer = None
     if method.quantizer:
@@ -438,10 +456,18 @@ def train(config, *, log=_log):
             loss, logits = step(images, labels)
             loss = float(loss)
             if not math.isfinite(loss):
+                print(flush=True)  # end the progress bar's line
+                if manager.latest_checkpoint:
+                    kept = (
+                        f"The last good checkpoint ({manager.latest_checkpoint}, epoch "
+                        f"{epoch}) is kept; a rerun resumes from it."
+                    )
+                else:
+                    kept = "No checkpoint had been written yet."
                 raise TrainingError(
-                    f"Loss became {loss} at epoch {epoch + 1}, step {i + 1}. The last "
-                    f"good checkpoint is kept in {manager.directory}; lower "
-                    "--learning_rate or use --mixed_precision=float32."
+                    f"Loss became {loss} at epoch {epoch + 1}, step {i + 1}; training "
+                    f"stopped. {kept} Lower --learning_rate or use "
+                    "--mixed_precision=float32."
                 )
             n = int(tf.shape(labels)[0])
             loss_sum += loss * n
@@ -474,10 +500,12 @@ def train(config, *, log=_log):
                 record[f"quantizer_{k}_thresholds"] = layer.thresholds.numpy().tolist()
                 record["alpha"] = float(layer.alpha.numpy())
         writer.flush()
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
+        # History first: if the process dies before the checkpoint is saved,
+        # the resumed run truncates history to the checkpoint's epoch.
         history.append(record)
         _write_json(history_path, history)
+        epoch_var.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
         log(
             f"  {seconds:.1f}s  train loss {record['train_loss']:.4f}  "
             f"train acc {record['train_accuracy']:.4f}  test acc {test_accuracy:.4f}  "
@@ -485,7 +513,9 @@ def train(config, *, log=_log):
         )
 
     model_path = os.path.join(config.model_dir, "model.keras")
-    model.save(model_path)
+    tmp_path = os.path.join(config.model_dir, ".model-tmp.keras")
+    model.save(tmp_path)
+    os.replace(tmp_path, model_path)
     final = history[-1] if history else {}
     results = {
         "dataset": config.dataset,

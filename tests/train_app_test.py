@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,97 @@ class TrainAppTest(parameterized.TestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertRegex(proc.stdout + proc.stderr, pattern)
         self.assertNotIn("Traceback", proc.stderr)
+
+    def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(self):
+        tmp = self.create_tempdir().full_path
+        flags = [
+            "--method=sq_noisy",
+            "--epochs=3",
+            "--train_examples=6000",
+            "--batch_size=50",
+            "--seed=3",
+            "--deterministic",
+            "--mixed_precision=float32",
+        ]
+
+        def run_flags(name):
+            return [
+                *flags,
+                f"--model_dir={tmp}/{name}",
+                f"--export_dir={tmp}/{name}_export",
+            ]
+
+        straight = run_train(*run_flags("straight"))
+        self.assertEqual(straight.returncode, 0, straight.stderr[-3000:])
+
+        model_dir = os.path.join(tmp, "killed")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "apps.train", *run_flags("killed")],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        first = os.path.join(model_dir, "checkpoints", "ckpt-1.index")
+        deadline = time.time() + 300
+        while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # into epoch 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        self.assertFalse(os.path.exists(os.path.join(model_dir, "results.json")))
+        with open(os.path.join(model_dir, "history.json")) as f:
+            self.assertLess(len(json.load(f)), 3)  # killed before the last epoch ended
+
+        resumed = run_train(*run_flags("killed"))
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        self.assertIn("Resumed from", resumed.stdout)
+        self.assertNotIn("Epoch 1/3", resumed.stdout)
+
+        def metrics(name):
+            with open(os.path.join(tmp, name, "results.json")) as f:
+                r = json.load(f)
+            return {
+                k: r[k]
+                for k in (
+                    "epochs_done",
+                    "test_accuracy",
+                    "train_loss",
+                    "train_accuracy",
+                    "grad_l1",
+                    "thresholds",
+                )
+            }
+
+        self.assertEqual(metrics("killed"), metrics("straight"))
+
+    def test_diverging_loss_stops_with_a_clear_message(self):
+        tmp = self.create_tempdir().full_path
+        proc = run_train(
+            "--method=natural",
+            "--learning_rate=1e8",
+            "--train_examples=500",
+            f"--model_dir={tmp}/run",
+            f"--export_dir={tmp}/export",
+            timeout=120,
+        )
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertRegex(proc.stderr, r"Loss became (nan|inf) at epoch 1")
+        self.assertIn("--learning_rate", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertFalse(os.path.exists(os.path.join(tmp, "run", "results.json")))
+        self.assertFalse(os.path.exists(os.path.join(tmp, "export")))
+
+    def test_unwritable_export_dir_fails_before_training(self):
+        tmp = self.create_tempdir().full_path
+        blocker = os.path.join(tmp, "file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        proc = run_train(f"--model_dir={tmp}/run", f"--export_dir={blocker}/export", timeout=120)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("--export_dir", proc.stderr)
+        self.assertIn("not writable", proc.stderr)
+        self.assertNotIn("Epoch 1", proc.stdout)
 
     def test_missing_data_files_fail_fast(self):
         tmp = self.create_tempdir().full_path

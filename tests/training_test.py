@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+from unittest import mock
 
 import keras
 import numpy as np
@@ -114,6 +115,60 @@ class TrainTest(parameterized.TestCase):
         )
         self.assertFalse(any(line.startswith("Resumed") for line in lines))
         self.assertEqual(results["method"], "noisy")
+
+    def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(self):
+        model_dir = self.create_tempdir().full_path
+        steps_per_epoch = 10  # 1000 examples, batch 100
+
+        def diverging_step(model, optimizer, loss_fn, config):
+            step = training.build_standard_step(model, optimizer, loss_fn, config)
+            calls = []
+
+            def run(images, labels):
+                calls.append(1)
+                loss, logits = step(images, labels)
+                if len(calls) == steps_per_epoch + 3:  # epoch 2, step 3
+                    loss = loss * float("nan")
+                return loss, logits
+
+            return run
+
+        method = training.Method(False, False, "diverging", "test")
+        with mock.patch.dict(training.STEP_BUILDERS, {"diverging": diverging_step}):
+            with mock.patch.dict(training.METHODS, {"diverging": method}):
+                with self.assertRaisesRegex(
+                    training.TrainingError, "Loss became nan at epoch 2, step 3.*ckpt-1"
+                ):
+                    training.train(_config(model_dir, method="diverging", epochs=3))
+        checkpoints = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+        self.assertTrue(checkpoints.model_checkpoint_path.endswith("ckpt-1"))
+        self.assertFalse(os.path.exists(os.path.join(model_dir, "results.json")))
+        # The kept checkpoint holds finite weights, and a rerun resumes from it.
+        lines = []
+        with mock.patch.dict(training.METHODS, {"diverging": training.METHODS["natural"]}):
+            results = training.train(
+                _config(model_dir, method="diverging", epochs=2), log=lines.append
+            )
+        self.assertIn("Resumed from", lines[0])
+        self.assertTrue(np.isfinite(results["train_loss"]))
+        self.assertGreater(results["test_accuracy"], 0.7)
+
+    def test_same_seed_gives_identical_results(self):
+        def run(seed):
+            return training.train(
+                _config(
+                    self.create_tempdir().full_path,
+                    method="sq_noisy",
+                    seed=seed,
+                    epochs=2,
+                    deterministic=True,
+                )
+            )
+
+        keys = ("test_accuracy", "train_loss", "train_accuracy", "grad_l1", "thresholds")
+        a, b, c = run(5), run(5), run(6)
+        self.assertEqual({k: a[k] for k in keys}, {k: b[k] for k in keys})
+        self.assertNotEqual(a["train_loss"], c["train_loss"])
 
     @parameterized.named_parameters(
         ("method", {"method": "pgd"}, "Valid methods"),
