@@ -55,6 +55,27 @@ _ALPHA_SCHEDULE = flags.DEFINE_enum(
     ["geometric", "linear", "constant"],
     "How steepness moves from --alpha_start to --alpha_end over epochs.",
 )
+_PGD_STEPS = flags.DEFINE_integer("pgd_steps", _DEFAULTS.pgd_steps, "Attack steps of pgd_at.")
+_PGD_STEP_SIZE = flags.DEFINE_float(
+    "pgd_step_size", _DEFAULTS.pgd_step_size, "Attack step size of pgd_at."
+)
+_FGSM_STEP_SIZE = flags.DEFINE_float(
+    "fgsm_step_size", None, "Step of fgsm_rs and sq_fgsm; default: 1.25 * --eps."
+)
+_ADV_FRACTION = flags.DEFINE_float(
+    "adv_fraction",
+    _DEFAULTS.adv_fraction,
+    "Share of each batch attacked by pgd_at/fgsm_rs/sq_fgsm; the rest gets --noise.",
+)
+_STAND_IN = flags.DEFINE_enum(
+    "stand_in",
+    _DEFAULTS.stand_in,
+    ["identity", "smooth"],
+    "BPDA stand-in of the quantizer used by training attacks (sq_fgsm).",
+)
+_GRADNORM_WEIGHT = flags.DEFINE_float(
+    "gradnorm_weight", _DEFAULTS.gradnorm_weight, "Weight of the gradnorm penalty."
+)
 _HARD_INFERENCE = flags.DEFINE_boolean(
     "hard_inference", _DEFAULTS.hard_inference, "Exact staircase at inference time."
 )
@@ -110,6 +131,12 @@ def main(argv):
         alpha_start=_ALPHA_START.value,
         alpha_end=_ALPHA_END.value,
         alpha_schedule=_ALPHA_SCHEDULE.value,
+        pgd_steps=_PGD_STEPS.value,
+        pgd_step_size=_PGD_STEP_SIZE.value,
+        fgsm_step_size=_FGSM_STEP_SIZE.value,
+        adv_fraction=_ADV_FRACTION.value,
+        stand_in=_STAND_IN.value,
+        gradnorm_weight=_GRADNORM_WEIGHT.value,
         hard_inference=_HARD_INFERENCE.value,
         train_examples=_TRAIN_EXAMPLES.value,
         seed=_SEED.value,

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import sq_keras
+from sq_keras import attacks
 from sq_keras import data
 from sq_keras import export
 from sq_keras import layers
@@ -67,15 +68,18 @@ class Method:
     description: str
 
 
-def build_standard_step(model, optimizer, loss_fn, config):
-    """Cross-entropy on the batch as it comes from the pipeline."""
-    del config
+def _train_step(model, optimizer, compute_loss):
+    """A `tf.function` step minimising `compute_loss(images, labels, seed)`.
+
+    `compute_loss` returns `(loss, logits)`; `seed` is a per-step integer for
+    stateless randomness (the optimiser's step counter).
+    """
 
     @tf.function(jit_compile=False, reduce_retracing=True)
     def step(images, labels):
+        seed = tf.cast(optimizer.iterations, tf.int64)
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            loss = loss_fn(labels, logits)
+            loss, logits = compute_loss(images, labels, seed)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -84,13 +88,125 @@ def build_standard_step(model, optimizer, loss_fn, config):
     return step
 
 
-STEP_BUILDERS = {"standard": build_standard_step}
+def build_standard_step(model, optimizer, loss_fn, config):
+    """Cross-entropy on the batch as it comes from the pipeline."""
+    del config
+
+    def compute_loss(images, labels, seed):
+        del seed
+        logits = model(images, training=True)
+        return loss_fn(labels, logits), logits
+
+    return _train_step(model, optimizer, compute_loss)
+
+
+def _attack_model_fn(model, config):
+    """What the training attack differentiates: the model, or its BPDA copy."""
+    if layers.quantization_layers(model):
+        return attacks.bpda(model, stand_in=config.stand_in)
+    return lambda images: model(images, training=False)
+
+
+def _build_adversarial_step(model, optimizer, loss_fn, config, *, num_steps, step_size):
+    """Cross-entropy on l-inf PGD examples (random start) crafted every step.
+
+    With `config.adv_fraction < 1` only the first part of each batch is
+    attacked; the rest gets `config.noise` of size `config.noise_scale`.
+    """
+    model_fn = _attack_model_fn(model, config)
+
+    def compute_loss(images, labels, seed):
+        batch = tf.cast(tf.shape(images)[0], tf.float32)
+        n_adv = tf.cast(tf.math.ceil(config.adv_fraction * batch), tf.int32)
+        x_adv = attacks.pgd(
+            model_fn,
+            images[:n_adv],
+            labels[:n_adv],
+            eps=config.eps,
+            step_size=step_size,
+            num_steps=num_steps,
+            seed=seed + config.seed * 1_000_003,
+        )
+        rest = data.noise_batch(
+            images[n_adv:],
+            kind=config.noise,
+            scale=config.noise_scale,
+            seed=tf.stack([tf.constant(config.seed, tf.int64), seed]),
+        )
+        logits = model(tf.concat([x_adv, rest], axis=0), training=True)
+        return loss_fn(labels, logits), logits
+
+    return _train_step(model, optimizer, compute_loss)
+
+
+def build_pgd_step(model, optimizer, loss_fn, config):
+    """PGD adversarial training (Madry et al. 2018)."""
+    return _build_adversarial_step(
+        model,
+        optimizer,
+        loss_fn,
+        config,
+        num_steps=config.pgd_steps,
+        step_size=config.pgd_step_size,
+    )
+
+
+def build_fgsm_rs_step(model, optimizer, loss_fn, config):
+    """One signed-gradient step of `config.fgsm_step_size` from a random start.
+
+    Wong, Rice and Kolter 2020, "Fast is better than free". Through the
+    quantizer's BPDA stand-in when the model has one.
+    """
+    return _build_adversarial_step(
+        model, optimizer, loss_fn, config, num_steps=1, step_size=config.fgsm_step_size
+    )
+
+
+def build_gradnorm_step(model, optimizer, loss_fn, config):
+    """The first-order objective computed directly by double backpropagation.
+
+    `CE + weight * eps * mean_i ||grad_x CE(x_i, y_i)||_1`, the linearisation
+    of `max_{||d||_inf <= eps} L(x + d)` that the soft-quantization method
+    minimises implicitly (Zheng, Chen and Ren, arXiv 1810.05665).
+    """
+    del loss_fn
+
+    def compute_loss(images, labels, seed):
+        del seed
+        images = tf.convert_to_tensor(images)
+        with tf.GradientTape() as inner:
+            inner.watch(images)
+            logits = model(images, training=True)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=labels, logits=tf.cast(logits, tf.float32)
+            )
+            total = tf.reduce_sum(per_example)
+        grad = inner.gradient(total, images)
+        l1 = tf.reduce_mean(tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad))))
+        loss = tf.reduce_mean(per_example) + config.gradnorm_weight * config.eps * l1
+        return loss, logits
+
+    return _train_step(model, optimizer, compute_loss)
+
+
+STEP_BUILDERS = {
+    "standard": build_standard_step,
+    "pgd": build_pgd_step,
+    "fgsm_rs": build_fgsm_rs_step,
+    "gradnorm": build_gradnorm_step,
+}
 
 METHODS = {
     "sq_noisy": Method(True, True, "standard", "soft quantization + noisy samples"),
     "sq_natural": Method(True, False, "standard", "soft quantization, clean samples"),
     "noisy": Method(False, True, "standard", "noisy samples, no quantizer"),
     "natural": Method(False, False, "standard", "clean samples, no quantizer"),
+    "pgd_at": Method(False, False, "pgd", "PGD adversarial training (Madry et al.)"),
+    "fgsm_rs": Method(False, False, "fgsm_rs", "FGSM from a random start (Wong et al.)"),
+    "gradnorm": Method(False, False, "gradnorm", "loss + eps * ||grad_x loss||_1 penalty"),
+    "sq_fgsm": Method(
+        True, False, "fgsm_rs", "soft quantization + FGSM-RS through its BPDA stand-in"
+    ),
 }
 
 
@@ -113,12 +229,21 @@ class TrainConfig:
         alpha_start: Quantizer steepness in the first epoch.
         alpha_end: Quantizer steepness in the last epoch (kept at export).
         alpha_schedule: "geometric", "linear" or "constant".
+        pgd_steps: Attack steps of `pgd_at`.
+        pgd_step_size: Attack step size of `pgd_at`.
+        fgsm_step_size: Step of `fgsm_rs` / `sq_fgsm`; None means 1.25 * eps.
+        adv_fraction: Share of each batch that `pgd_at`, `fgsm_rs` and
+            `sq_fgsm` attack; the rest gets `noise`.
+        stand_in: BPDA stand-in of the quantizer for training attacks,
+            "identity" (straight-through) or "smooth".
+        gradnorm_weight: Weight of the gradient penalty of `gradnorm`.
         hard_inference: Export with the exact staircase at inference.
         train_examples: Use only the first N training examples (None: all).
         seed: Seeds weights, shuffling and noise.
         deterministic: Enable TensorFlow's deterministic ops.
         model_dir: Where checkpoints, logs, config and results go.
-        export_dir: Where the SavedModel goes; None for no export.
+        export_dir: Base directory of the SavedModel versions (TensorFlow
+            Serving layout, `<export_dir>/<version>/`); None for no export.
         data_dir: Local dataset directory; None for $SQ_KERAS_DATA_DIR/tfds.
         mixed_precision: The resolved Keras dtype policy name in force.
         grad_examples: Test examples used for the `grad_l1` curve.
@@ -139,6 +264,12 @@ class TrainConfig:
     alpha_start: float = 10.0
     alpha_end: float = 100.0
     alpha_schedule: str = "geometric"
+    pgd_steps: int = 40
+    pgd_step_size: float = 0.01
+    fgsm_step_size: float = None
+    adv_fraction: float = 1.0
+    stand_in: str = "identity"
+    gradnorm_weight: float = 1.0
     hard_inference: bool = False
     train_examples: int = None
     seed: int = 0
@@ -164,6 +295,7 @@ class TrainConfig:
             )
         eps = info.eps if self.eps is None else float(self.eps)
         noise_scale = eps if self.noise_scale is None else float(self.noise_scale)
+        fgsm_step_size = 1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size
         checks = [
             (self.epochs >= 1, "epochs must be >= 1", self.epochs),
             (self.batch_size >= 1, "batch_size must be >= 1", self.batch_size),
@@ -174,6 +306,16 @@ class TrainConfig:
             (self.alpha_start > 0, "alpha_start must be > 0", self.alpha_start),
             (self.alpha_end > 0, "alpha_end must be > 0", self.alpha_end),
             (self.grad_examples >= 1, "grad_examples must be >= 1", self.grad_examples),
+            (self.pgd_steps >= 1, "pgd_steps must be >= 1", self.pgd_steps),
+            (self.pgd_step_size > 0, "pgd_step_size must be > 0", self.pgd_step_size),
+            (fgsm_step_size > 0, "fgsm_step_size must be > 0", fgsm_step_size),
+            (0 < self.adv_fraction <= 1, "adv_fraction must be in (0, 1]", self.adv_fraction),
+            (self.gradnorm_weight >= 0, "gradnorm_weight must be >= 0", self.gradnorm_weight),
+            (
+                self.stand_in in attacks.STAND_INS,
+                f"stand_in must be one of {', '.join(attacks.STAND_INS)}",
+                self.stand_in,
+            ),
             (
                 self.train_examples is None or self.train_examples >= 1,
                 "train_examples must be >= 1",
@@ -193,7 +335,9 @@ class TrainConfig:
         for ok, message, value in checks:
             if not ok:
                 raise ValueError(f"{message}. Received: {value!r}")
-        return dataclasses.replace(self, model=model, eps=eps, noise_scale=noise_scale)
+        return dataclasses.replace(
+            self, model=model, eps=eps, noise_scale=noise_scale, fgsm_step_size=fgsm_step_size
+        )
 
 
 # Keys that may differ between a run and its resumption without changing what
@@ -433,7 +577,8 @@ def train(config, *, log=_log):
         f"({steps_per_epoch} steps each), policy {config.mixed_precision}."
     )
 
-    for epoch in range(int(epoch_var.numpy()), config.epochs):
+    first_epoch = int(epoch_var.numpy())
+    for epoch in range(first_epoch, config.epochs):
         alpha = layers.alpha_schedule(
             epoch,
             config.epochs,
@@ -533,9 +678,14 @@ def train(config, *, log=_log):
         ],
         "alpha": [float(layer.alpha.numpy()) for layer in layers.quantization_layers(model)],
         "model_path": model_path,
-        "export_dir": None,
+        "export_path": None,
     }
-    if config.export_dir:
+    previous_results = os.path.join(config.model_dir, "results.json")
+    if config.export_dir and first_epoch == config.epochs and os.path.exists(previous_results):
+        # Nothing was trained: keep the export of the finished run.
+        results["export_path"] = _read_json(previous_results).get("export_path")
+        log("The run had already finished; nothing trained, nothing exported.")
+    elif config.export_dir:
         metadata = {
             "dataset": config.dataset,
             "method": config.method,
@@ -545,11 +695,11 @@ def train(config, *, log=_log):
             **_environment(),
         }
         try:
-            export.export_saved_model(model, config.export_dir, metadata=metadata)
+            path = export.export_saved_model(model, config.export_dir, metadata=metadata)
         except OSError as e:
             raise TrainingError(f"Cannot export to {config.export_dir}: {e}") from e
-        results["export_dir"] = os.path.abspath(config.export_dir)
-        log(f"Exported SavedModel to {config.export_dir}")
+        results["export_path"] = path
+        log(f"Exported SavedModel to {path}")
     _write_json(os.path.join(config.model_dir, "results.json"), results)
     log(
         f"Done: test accuracy {results['test_accuracy']:.4f} after {len(history)} "

@@ -1,6 +1,5 @@
 """End-to-end tests of `python -m apps.train`, run the way a user runs it."""
 
-import glob
 import json
 import os
 import signal
@@ -67,13 +66,14 @@ class TrainAppTest(parameterized.TestCase):
         x = test_images.astype(np.float32) / 255.0
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
         expected = model.predict(x, verbose=0)
-        out = serve_in_fresh_process(export_dir, x, tmp)
+        self.assertEqual(results["export_path"], os.path.join(export_dir, "1"))
+        out = serve_in_fresh_process(results["export_path"], x, tmp)
         np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
         np.testing.assert_array_equal(out["logits"].argmax(-1), expected.argmax(-1))
-        self.assertEqual(glob.glob(os.path.join(tmp, ".export-*")), [])
+        self.assertEqual(os.listdir(export_dir), ["1"])
 
     @parameterized.named_parameters(
-        ("unknown_method", ["--method=pgd"], "natural\\|noisy\\|sq_natural\\|sq_noisy"),
+        ("unknown_method", ["--method=pgd"], "should be one of .*pgd_at.*sq_noisy"),
         ("bad_eps", ["--eps=2"], "eps must be in \\[0, 1\\]"),
         ("stray_argument", ["oops"], "Unexpected arguments: oops"),
     )

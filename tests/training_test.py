@@ -86,9 +86,16 @@ class TrainTest(parameterized.TestCase):
 
     def test_rerun_resumes_from_last_epoch(self):
         model_dir = self.create_tempdir().full_path
-        first = training.train(_config(model_dir, method="noisy", epochs=1))
+        export_dir = os.path.join(model_dir, "export")
+        first = training.train(_config(model_dir, method="noisy", epochs=1, export_dir=export_dir))
         lines = []
-        second = training.train(_config(model_dir, method="noisy", epochs=2), log=lines.append)
+        second = training.train(
+            _config(model_dir, method="noisy", epochs=2, export_dir=export_dir),
+            log=lines.append,
+        )
+        # Each run that trained exports a new version, as TF Serving expects.
+        self.assertEqual(first["export_path"], os.path.join(export_dir, "1"))
+        self.assertEqual(second["export_path"], os.path.join(export_dir, "2"))
         self.assertTrue(any(line.startswith("Resumed from") for line in lines))
         self.assertEqual(second["epochs_done"], 2)
         with open(os.path.join(model_dir, "history.json")) as f:
@@ -99,8 +106,13 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual(sum("Epoch " in line for line in lines), 1)
         # A finished run rerun as is trains nothing more.
         lines = []
-        training.train(_config(model_dir, method="noisy", epochs=2), log=lines.append)
+        third = training.train(
+            _config(model_dir, method="noisy", epochs=2, export_dir=export_dir),
+            log=lines.append,
+        )
         self.assertFalse(any("Epoch " in line for line in lines))
+        self.assertEqual(sorted(os.listdir(export_dir)), ["1", "2"])
+        self.assertEqual(third["export_path"], second["export_path"])
         self.assertLen(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")), 2)
 
     def test_different_run_in_model_dir_is_refused_unless_overwrite(self):
@@ -170,6 +182,43 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual({k: a[k] for k in keys}, {k: b[k] for k in keys})
         self.assertNotEqual(a["train_loss"], c["train_loss"])
 
+    def test_every_method_trains_with_finite_loss(self):
+        for method in training.METHODS:
+            with self.subTest(method=method):
+                results = training.train(
+                    _config(
+                        self.create_tempdir().full_path,
+                        method=method,
+                        train_examples=200,
+                        pgd_steps=3,
+                        adv_fraction=0.5,
+                    )
+                )
+                self.assertTrue(np.isfinite(results["train_loss"]))
+                self.assertEqual(bool(results["thresholds"]), training.METHODS[method].quantizer)
+
+    def test_adversarial_and_penalised_methods_do_what_they_claim(self):
+        def run(method, **kwargs):
+            return training.train(
+                _config(
+                    self.create_tempdir().full_path,
+                    method=method,
+                    epochs=2,
+                    train_examples=1000,
+                    pgd_steps=5,
+                    pgd_step_size=0.1,
+                    **kwargs,
+                )
+            )
+
+        natural = run("natural")
+        pgd_at = run("pgd_at")
+        gradnorm = run("gradnorm", gradnorm_weight=3.0)
+        # PGD-AT's training batches are adversarial: much higher loss on them.
+        self.assertGreater(pgd_at["train_loss"], natural["train_loss"] + 0.5)
+        # The penalty shrinks the input-gradient norm it penalises.
+        self.assertLess(gradnorm["grad_l1"], 0.5 * natural["grad_l1"])
+
     @parameterized.named_parameters(
         ("method", {"method": "pgd"}, "Valid methods"),
         ("dataset", {"dataset": "cifar"}, "Valid datasets"),
@@ -178,6 +227,9 @@ class TrainTest(parameterized.TestCase):
         ("batch", {"batch_size": 0}, "batch_size must be"),
         ("noise", {"noise": "salt"}, "noise must be one of"),
         ("thresholds", {"num_thresholds": 0}, "num_thresholds must be"),
+        ("pgd_steps", {"pgd_steps": 0}, "pgd_steps must be"),
+        ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
+        ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
     )
     def test_invalid_config(self, kwargs, pattern):
         with self.assertRaisesRegex(ValueError, pattern):
