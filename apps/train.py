@@ -39,6 +39,13 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "A
 _EPS = flags.DEFINE_float(
     "eps", None, "Threat radius in [0, 1] pixel units; default: the dataset's (0.3 for MNIST)."
 )
+_AUGMENT = flags.DEFINE_enum(
+    "augment",
+    None,
+    list(data.AUGMENTATIONS),
+    "Training augmentation before the noise; default: the dataset's (crop_flip for cifar10, "
+    "crop for svhn_cropped, none for MNIST-like sets).",
+)
 _NOISE = flags.DEFINE_enum("noise", _DEFAULTS.noise, list(data.NOISE_KINDS), "Noise kind.")
 _NOISE_SCALE = flags.DEFINE_float("noise_scale", None, "Noise size; default: --eps.")
 _NUM_THRESHOLDS = flags.DEFINE_integer(
@@ -124,6 +131,7 @@ def main(argv):
         batch_size=_BATCH_SIZE.value,
         learning_rate=_LEARNING_RATE.value,
         eps=_EPS.value,
+        augment=_AUGMENT.value,
         noise=_NOISE.value,
         noise_scale=_NOISE_SCALE.value,
         num_thresholds=_NUM_THRESHOLDS.value,

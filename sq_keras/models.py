@@ -25,7 +25,55 @@ def _madry_mnist(x, num_classes):
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
-MODELS = {"madry_mnist": _madry_mnist}
+def _preact_block(x, filters, stride, name):
+    """Pre-activation residual block (He et al. 2016, "Identity Mappings in
+    Deep Residual Networks"): BN-ReLU-conv3x3-BN-ReLU-conv3x3, with a 1x1
+    projection of the pre-activated input when the shape changes."""
+    pre = keras.layers.BatchNormalization(name=f"{name}_bn1")(x)
+    pre = keras.layers.ReLU(name=f"{name}_relu1")(pre)
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = keras.layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_proj"
+        )(pre)
+    y = keras.layers.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1"
+    )(pre)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu2")(y)
+    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    return keras.layers.Add(name=f"{name}_add")([shortcut, y])
+
+
+def _preact_resnet(x, num_classes, *, stem, stages, blocks_per_stage):
+    x = keras.layers.Conv2D(stem, 3, padding="same", use_bias=False, name="stem")(x)
+    for i, filters in enumerate(stages):
+        for j in range(blocks_per_stage):
+            stride = 2 if i > 0 and j == 0 else 1
+            x = _preact_block(x, filters, stride, name=f"stage{i + 1}_block{j + 1}")
+    x = keras.layers.BatchNormalization(name="final_bn")(x)
+    x = keras.layers.ReLU(name="final_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def _preact_resnet18(x, num_classes):
+    """PreAct ResNet-18 as used for CIFAR-10 by Wong, Rice and Kolter 2020."""
+    return _preact_resnet(x, num_classes, stem=64, stages=(64, 128, 256, 512), blocks_per_stage=2)
+
+
+def _wide_resnet(x, num_classes):
+    """WRN-34-10, the wide ResNet of Madry et al.'s CIFAR-10 challenge:
+    a 16-filter stem, then 3 stages of 5 pre-activation blocks, 160/320/640
+    filters."""
+    return _preact_resnet(x, num_classes, stem=16, stages=(160, 320, 640), blocks_per_stage=5)
+
+
+MODELS = {
+    "madry_mnist": _madry_mnist,
+    "preact_resnet18": _preact_resnet18,
+    "wide_resnet": _wide_resnet,
+}
 
 
 def build(name, *, input_shape, num_classes, soft_quantization=None):
@@ -52,3 +100,30 @@ def build(name, *, input_shape, num_classes, soft_quantization=None):
         x = SoftQuantization(name="soft_quantization", **soft_quantization)(x)
     logits = MODELS[name](x, num_classes)
     return keras.Model(inputs, logits, name=name)
+
+
+def with_soft_quantization(base, *, preprocessing=(), name=None, **quantizer_kwargs):
+    """Puts a `SoftQuantization` layer in front of any Keras image model.
+
+    `images in [0, 1] -> SoftQuantization -> preprocessing -> base`, so the
+    base model keeps its own input preprocessing after the quantizer (e.g.
+    `keras.layers.Rescaling(255.0)` and the model family's normalisation for
+    a `keras.applications` network).
+
+    Args:
+        base: A Keras model taking images of a fixed shape.
+        preprocessing: Keras layers applied, in order, between the quantizer
+            and `base`.
+        name: Name of the returned model; default `<base name>_sq`.
+        **quantizer_kwargs: `SoftQuantization` keyword arguments.
+
+    Returns:
+        A functional `keras.Model` with float32 logits; `base`'s weights are
+        shared, not copied.
+    """
+    inputs = keras.Input(shape=tuple(base.input_shape[1:]), name="images")
+    x = SoftQuantization(name="soft_quantization", **quantizer_kwargs)(inputs)
+    for layer in preprocessing:
+        x = layer(x)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(base(x))
+    return keras.Model(inputs, outputs, name=name or f"{base.name}_sq")

@@ -222,6 +222,8 @@ class TrainConfig:
         batch_size: Examples per step.
         learning_rate: Adam learning rate.
         eps: Threat radius in [0, 1] pixel units; None for the dataset's.
+        augment: Training augmentation, one of `sq_keras.data.AUGMENTATIONS`;
+            None for the dataset's (crops and flips for CIFAR-10).
         noise: Noise kind, one of `sq_keras.data.NOISE_KINDS`.
         noise_scale: Noise size; None means `eps`.
         num_thresholds: Thresholds K of the quantizer.
@@ -257,6 +259,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     eps: float = None
+    augment: str = None
     noise: str = "uniform"
     noise_scale: float = None
     num_thresholds: int = 1
@@ -295,6 +298,7 @@ class TrainConfig:
             )
         eps = info.eps if self.eps is None else float(self.eps)
         noise_scale = eps if self.noise_scale is None else float(self.noise_scale)
+        augment = info.augment if self.augment is None else self.augment
         fgsm_step_size = 1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size
         checks = [
             (self.epochs >= 1, "epochs must be >= 1", self.epochs),
@@ -322,6 +326,11 @@ class TrainConfig:
                 self.train_examples,
             ),
             (
+                augment in data.AUGMENTATIONS,
+                f"augment must be one of {', '.join(data.AUGMENTATIONS)}",
+                augment,
+            ),
+            (
                 self.noise in data.NOISE_KINDS,
                 f"noise must be one of {', '.join(data.NOISE_KINDS)}",
                 self.noise,
@@ -336,7 +345,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{message}. Received: {value!r}")
         return dataclasses.replace(
-            self, model=model, eps=eps, noise_scale=noise_scale, fgsm_step_size=fgsm_step_size
+            self,
+            model=model,
+            eps=eps,
+            augment=augment,
+            noise_scale=noise_scale,
+            fgsm_step_size=fgsm_step_size,
         )
 
 
@@ -439,13 +453,14 @@ def _batches(images, labels, batch_size):
 
 
 def make_train_dataset(images, labels, config, epoch):
-    """The training batches of one epoch: shuffled, batched, noised if needed.
+    """The training batches of one epoch: shuffled, batched, augmented, noised.
 
     Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
     differs and a resumed run sees exactly the batches it would have seen.
     """
     order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
     ds = _batches(images[order], labels[order], config.batch_size)
+    ds = data.add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
     if METHODS[config.method].noise:
         ds = data.add_noise(
             ds, kind=config.noise, scale=config.noise_scale, seed=(config.seed, epoch)

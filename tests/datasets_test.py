@@ -13,6 +13,7 @@ from absl.testing import parameterized
 
 from sq_keras import data
 from sq_keras.data import datasets
+from tests.testing_utils import write_fake_dataset
 
 SHARED = os.environ["SQ_KERAS_DATA_DIR"]
 
@@ -76,7 +77,7 @@ class LoadLocalTest(parameterized.TestCase):
             data.load_arrays("mnist", "test", data_dir=root)
 
     @parameterized.named_parameters(
-        ("dataset", "mnistt", "test", "Valid datasets: mnist"),
+        ("dataset", "mnistt", "test", "Valid datasets: cifar10, fashion_mnist, mnist"),
         ("split", "mnist", "validation", "Valid splits: test, train"),
         ("slice", "mnist", "train[a:b]", "Valid splits"),
     )
@@ -89,6 +90,60 @@ class LoadLocalTest(parameterized.TestCase):
         self.assertEqual(info.image_shape, (28, 28, 1))
         self.assertEqual(info.num_classes, 10)
         self.assertEqual(info.eps, 0.3)
+
+
+class GeneratedFilesTest(parameterized.TestCase):
+    """Datasets that cannot be downloaded here, read from generated files in
+    their real on-disk formats (idx, CIFAR-10 binary tar.gz, SVHN .mat)."""
+
+    @parameterized.named_parameters(
+        ("fashion_mnist", "fashion_mnist"), ("cifar10", "cifar10"), ("svhn", "svhn_cropped")
+    )
+    def test_round_trip(self, name):
+        root = self.create_tempdir().full_path
+        info, splits = write_fake_dataset(name, root, num_train=50, num_test=20)
+        self.enter_context(mock.patch.dict(datasets.DATASETS, {name: info}))
+        for split, (x, y) in splits.items():
+            images, labels = data.load_arrays(name, split, data_dir=root)
+            np.testing.assert_array_equal(images, x)
+            np.testing.assert_array_equal(labels, y)
+        head, _ = data.load_arrays(name, "train[:7]", data_dir=root)
+        self.assertEqual(head.shape, (7, *info.image_shape))
+
+    @parameterized.named_parameters(
+        ("fashion_mnist", "fashion_mnist", 0.1, (28, 28, 1), "none"),
+        ("cifar10", "cifar10", 8 / 255, (32, 32, 3), "crop_flip"),
+        ("svhn", "svhn_cropped", 8 / 255, (32, 32, 3), "crop"),
+    )
+    def test_registry_defaults(self, name, eps, shape, augment):
+        info = data.get_info(name)
+        self.assertAlmostEqual(info.eps, eps)
+        self.assertEqual(info.image_shape, shape)
+        self.assertEqual(info.augment, augment)
+        self.assertLen(info.class_names, 10)
+
+    def test_real_checksums_reject_generated_files(self):
+        root = self.create_tempdir().full_path
+        write_fake_dataset("cifar10", root)
+        with self.assertRaisesRegex(data.DataError, "Corrupt .*cifar-10-binary.tar.gz"):
+            data.load_arrays("cifar10", "test", data_dir=root)
+
+    def test_truncated_archive_is_a_clear_error(self):
+        root = self.create_tempdir().full_path
+        info, _ = write_fake_dataset("cifar10", root)
+        path = os.path.join(root, "cifar10", "cifar-10-binary.tar.gz")
+        with open(path, "rb") as f:
+            head = f.read(2000)
+        with open(path, "wb") as f:
+            f.write(head)
+        files = {
+            split: (dataclasses.replace(fs[0], sha256=datasets._hash_file(path)),)
+            for split, fs in info.files.items()
+        }
+        patched = dataclasses.replace(info, files=files)
+        self.enter_context(mock.patch.dict(datasets.DATASETS, {"cifar10": patched}))
+        with self.assertRaisesRegex(data.DataError, "Could not read cifar10"):
+            data.load_arrays("cifar10", "train", data_dir=root)
 
 
 class LoadTfdsTest(parameterized.TestCase):

@@ -47,6 +47,40 @@ class BuildTest(parameterized.TestCase):
         self.assertEqual(model(np.zeros((1, 28, 28, 1), np.float32)).dtype, "float32")
         self.assertEqual(model.get_layer("conv1").compute_dtype, "bfloat16")
 
+    @parameterized.named_parameters(
+        # Trainable parameters of the usual PyTorch definitions: PreAct ResNet-18
+        # with the final BN before pooling (Wong et al. 2020: 11,171,146 + 1,024),
+        # WRN-34-10 46,160,474.
+        ("preact_resnet18", "preact_resnet18", 11_172_170),
+        ("wide_resnet", "wide_resnet", 46_160_474),
+    )
+    def test_resnets(self, name, trainable):
+        model = models.build(
+            name, input_shape=(32, 32, 3), num_classes=10, soft_quantization={"num_thresholds": 2}
+        )
+        counted = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        self.assertEqual(counted, trainable + 2)  # + the two thresholds
+        self.assertEqual(tuple(model(np.zeros((2, 32, 32, 3), np.float32)).shape), (2, 10))
+
+    def test_with_soft_quantization_keeps_base_weights_and_preprocessing(self):
+        base = keras.applications.MobileNetV2(
+            weights=None,
+            input_shape=(32, 32, 3),
+            classes=10,
+            classifier_activation=None,
+            alpha=0.35,
+        )
+        model = models.with_soft_quantization(
+            base, preprocessing=[keras.layers.Rescaling(2.0, offset=-1.0)], num_thresholds=3
+        )
+        self.assertEqual(model.name, f"{base.name}_sq")
+        self.assertIsInstance(model.layers[1], SoftQuantization)
+        self.assertIs(model.layers[-2], base)  # shared, not copied
+        x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+        quantized = model.layers[1](x)
+        expected = base(2.0 * quantized - 1.0, training=False)
+        np.testing.assert_allclose(model(x, training=False), expected, rtol=1e-5, atol=1e-5)
+
     def test_unknown_model_lists_valid_ones(self):
         with self.assertRaisesRegex(ValueError, "Valid models: madry_mnist"):
             models.build("resnet", input_shape=(28, 28, 1), num_classes=10)

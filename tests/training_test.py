@@ -13,6 +13,8 @@ from absl.testing import parameterized
 from tensorboard.backend.event_processing import event_accumulator
 
 from sq_keras import training
+from sq_keras.data import datasets
+from tests.testing_utils import write_fake_dataset
 
 
 def _config(model_dir, **kwargs):
@@ -255,6 +257,41 @@ class TrainTest(parameterized.TestCase):
         clean = images[y0].astype(np.float32) / 255.0
         self.assertLessEqual(np.abs(x0 - clean).max(), 0.3 + 1e-6)
         self.assertGreater(np.abs(x0 - clean).mean(), 0.05)
+
+
+class OtherDatasetsTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("cifar10", "cifar10", "crop_flip"), ("svhn", "svhn_cropped", "crop")
+    )
+    def test_pipeline_end_to_end_on_generated_files(self, name, augment):
+        root = self.create_tempdir().full_path
+        info, splits = write_fake_dataset(name, root, num_train=64, num_test=32)
+        model_dir = os.path.join(root, "run")
+        with mock.patch.dict(datasets.DATASETS, {name: info}):
+            results = training.train(
+                _config(
+                    model_dir,
+                    dataset=name,
+                    data_dir=root,
+                    train_examples=None,
+                    batch_size=32,
+                    grad_examples=16,
+                    export_dir=os.path.join(root, "export"),
+                )
+            )
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual(config["model"], "preact_resnet18")
+        self.assertEqual(config["augment"], augment)
+        self.assertAlmostEqual(config["eps"], 8 / 255)
+        self.assertEqual(results["epochs_done"], 1)
+        self.assertLen(results["thresholds"], 1)
+        served = tf.saved_model.load(results["export_path"])
+        raw = splits["test"][0]
+        out = served.signatures["serve_uint8"](images=tf.constant(raw))
+        model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        expected = model.predict(raw.astype(np.float32) / 255.0, verbose=0)
+        np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
 
 
 class InputGradientStatsTest(parameterized.TestCase):

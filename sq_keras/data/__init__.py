@@ -7,6 +7,9 @@ train = data.add_noise(train.batch(128), kind="uniform", scale=0.3, seed=0)
 ```
 """
 
+from sq_keras.data.augment import AUGMENTATIONS
+from sq_keras.data.augment import add_augmentation
+from sq_keras.data.augment import augment_batch
 from sq_keras.data.datasets import DATASETS
 from sq_keras.data.datasets import DataError
 from sq_keras.data.datasets import DatasetInfo
@@ -19,6 +22,9 @@ from sq_keras.data.noise import add_noise
 from sq_keras.data.noise import noise_batch
 
 __all__ = [
+    "AUGMENTATIONS",
+    "add_augmentation",
+    "augment_batch",
     "DATASETS",
     "DataError",
     "DatasetInfo",

@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import socket
+import tarfile
 
 import numpy as np
 import tensorflow as tf
@@ -57,6 +58,7 @@ class DatasetInfo:
             split's local files.
         source_help: How to obtain the canonical files.
         download_host: Host tfds downloads from, probed before a download.
+        augment: Default training augmentation, see `sq_keras.data.AUGMENTATIONS`.
     """
 
     name: str
@@ -69,6 +71,7 @@ class DatasetInfo:
     reader: object
     source_help: str
     download_host: str
+    augment: str = "none"
 
 
 def _read_idx(path, expected_dims):
@@ -86,7 +89,8 @@ def _read_idx(path, expected_dims):
     return body.reshape(shape)
 
 
-def _read_idx_pair(paths):
+def _read_idx_pair(paths, split):
+    del split  # one pair of files per split
     images_path, labels_path = paths
     images = _read_idx(images_path, 3)[..., None]
     labels = _read_idx(labels_path, 1).astype(np.int64)
@@ -96,6 +100,55 @@ def _read_idx_pair(paths):
         )
     return images, labels
 
+
+_CIFAR_RECORD = 1 + 32 * 32 * 3
+_CIFAR_MEMBERS = {
+    "train": tuple(f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("cifar-10-batches-bin/test_batch.bin",),
+}
+
+
+def _read_cifar10_binary(paths, split):
+    """CIFAR-10's binary release: records of 1 label byte + 3072 pixel bytes,
+    one 32x32 plane per colour (R, G, B)."""
+    (archive,) = paths
+    chunks = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for name in _CIFAR_MEMBERS[split]:
+            try:
+                member = tar.extractfile(name)
+            except KeyError:
+                member = None
+            if member is None:
+                raise DataError(f"{archive} has no member {name}.")
+            chunks.append(member.read())
+    raw = np.frombuffer(b"".join(chunks), np.uint8)
+    if raw.size % _CIFAR_RECORD:
+        raise DataError(f"{archive}: {split} batches are not whole 3073-byte records.")
+    records = raw.reshape(-1, _CIFAR_RECORD)
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), records[:, 0].astype(np.int64)
+
+
+def _read_svhn_mat(paths, split):
+    """SVHN's cropped-digits .mat files: X is [32, 32, 3, N], y is [N, 1] with
+    the digit 0 stored as label 10."""
+    del split
+    import scipy.io
+
+    (path,) = paths
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:  # scipy raises several types for a bad file
+        raise DataError(f"Could not read {path} as a MATLAB file: {e}") from e
+    images = np.ascontiguousarray(np.transpose(mat["X"], (3, 0, 1, 2)).astype(np.uint8))
+    labels = mat["y"].reshape(-1).astype(np.int64) % 10
+    return images, labels
+
+
+_MNIST_HOST = "storage.googleapis.com"
+_FASHION_HOST = "fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+_CIFAR_SHA = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
 DATASETS = {
     "mnist": DatasetInfo(
@@ -132,7 +185,114 @@ DATASETS = {
             "They are the canonical MNIST files (the ones tensorflow-datasets "
             "downloads from https://storage.googleapis.com/cvdf-datasets/mnist/)."
         ),
-        download_host="storage.googleapis.com",
+        download_host=_MNIST_HOST,
+    ),
+    "fashion_mnist": DatasetInfo(
+        name="fashion_mnist",
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+        eps=0.1,
+        model="madry_mnist",
+        files={
+            "train": (
+                DataFile(
+                    "train-images-idx3-ubyte.gz",
+                    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                ),
+                DataFile(
+                    "train-labels-idx1-ubyte.gz",
+                    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                ),
+            ),
+            "test": (
+                DataFile(
+                    "t10k-images-idx3-ubyte.gz",
+                    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                ),
+                DataFile(
+                    "t10k-labels-idx1-ubyte.gz",
+                    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                ),
+            ),
+        },
+        reader=_read_idx_pair,
+        source_help=(
+            "They are the Fashion-MNIST files of Xiao, Rasul and Vollgraf 2017 "
+            f"(http://{_FASHION_HOST}/), in the same idx format as MNIST."
+        ),
+        download_host=_FASHION_HOST,
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
+        eps=8 / 255,
+        model="preact_resnet18",
+        files={
+            "train": (DataFile("cifar-10-binary.tar.gz", _CIFAR_SHA),),
+            "test": (DataFile("cifar-10-binary.tar.gz", _CIFAR_SHA),),
+        },
+        reader=_read_cifar10_binary,
+        source_help=(
+            "It is the binary release of CIFAR-10 (Krizhevsky 2009), "
+            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz."
+        ),
+        download_host="www.cs.toronto.edu",
+        augment="crop_flip",
+    ),
+    "svhn_cropped": DatasetInfo(
+        name="svhn_cropped",
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        class_names=tuple(str(i) for i in range(10)),
+        eps=8 / 255,
+        model="preact_resnet18",
+        files={
+            "train": (
+                DataFile(
+                    "train_32x32.mat",
+                    "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
+                ),
+            ),
+            "test": (
+                DataFile(
+                    "test_32x32.mat",
+                    "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
+                ),
+            ),
+        },
+        reader=_read_svhn_mat,
+        source_help=(
+            "They are the cropped-digit files of SVHN (Netzer et al. 2011), "
+            "http://ufldl.stanford.edu/housenumbers/."
+        ),
+        download_host="ufldl.stanford.edu",
+        # Crops only: a mirrored digit is often another digit or none.
+        augment="crop",
     ),
 }
 
@@ -169,7 +329,19 @@ def _parse_split(info, split):
     return match.group("base"), slice(start, stop)
 
 
+_SHA_CACHE = {}
+
+
 def _sha256(path):
+    """sha256 of a file, remembered per (path, size, mtime) within a process."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = _hash_file(path)
+    return _SHA_CACHE[key]
+
+
+def _hash_file(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -178,8 +350,8 @@ def _sha256(path):
 
 
 def _files_help(info):
-    lines = [f"  {f.name}  sha256 {f.sha256}" for fs in info.files.values() for f in fs]
-    return "\n".join(lines)
+    unique = {f.name: f.sha256 for fs in info.files.values() for f in fs}
+    return "\n".join(f"  {name}  sha256 {sha}" for name, sha in unique.items())
 
 
 def _read_local(info, base, root):
@@ -203,8 +375,8 @@ def _read_local(info, base, root):
             )
         paths.append(path)
     try:
-        return info.reader(paths)
-    except (OSError, EOFError, ValueError) as e:
+        return info.reader(paths, base)
+    except (OSError, EOFError, ValueError, tarfile.TarError) as e:
         raise DataError(f"Could not read {info.name} from {directory}: {e}") from e
 
 
