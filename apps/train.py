@@ -20,6 +20,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from sq_keras import data  # noqa: E402
+from sq_keras import distribute  # noqa: E402
 from sq_keras import precision  # noqa: E402
 from sq_keras import training  # noqa: E402
 
@@ -111,6 +112,13 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     list(precision.POLICIES),
     "auto: mixed_float16 on GPU, mixed_bfloat16 on a CPU with native bf16, else float32.",
 )
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "default",
+    list(distribute.STRATEGIES),
+    "default: one device; mirrored: all local GPUs; multi_worker: "
+    "MultiWorkerMirroredStrategy with the cluster in $TF_CONFIG; tpu: TPUStrategy.",
+)
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Discard a different run found in --model_dir."
 )
@@ -153,6 +161,7 @@ def main(argv):
         export_dir=_EXPORT_DIR.value or os.path.join("saved_models", name),
         data_dir=_DATA_DIR.value,
         mixed_precision=policy,
+        strategy=_STRATEGY.value,
         overwrite=_OVERWRITE.value,
     )
     try:

@@ -42,6 +42,7 @@ import tensorflow as tf
 import sq_keras
 from sq_keras import attacks
 from sq_keras import data
+from sq_keras import distribute
 from sq_keras import export
 from sq_keras import layers
 from sq_keras import models
@@ -68,36 +69,61 @@ class Method:
     description: str
 
 
-def _train_step(model, optimizer, compute_loss):
-    """A `tf.function` step minimising `compute_loss(images, labels, seed)`.
+def _train_step(model, optimizer, compute_loss, strategy):
+    """A `tf.function` step minimising the batch mean of `compute_loss`.
 
-    `compute_loss` returns `(loss, logits)`; `seed` is a per-step integer for
-    stateless randomness (the optimiser's step counter).
+    `compute_loss(images, labels, seed)` returns `(per_example_losses,
+    logits)`; `seed` is an integer tensor for stateless randomness, distinct
+    per step and per replica. The step runs under `strategy.run`: each replica
+    scales its loss by the global batch size, so gradients summed over
+    replicas are those of the global batch mean.
+
+    Returns:
+        `step(images, labels) -> (loss_sum, num_correct, num_examples)`, each
+        summed over replicas; `images`/`labels` may be distributed values.
     """
 
-    @tf.function(jit_compile=False, reduce_retracing=True)
-    def step(images, labels):
-        seed = tf.cast(optimizer.iterations, tf.int64)
+    def replica_step(images, labels):
+        context = tf.distribute.get_replica_context()
+        seed = tf.cast(optimizer.iterations, tf.int64) * 1024 + tf.cast(
+            context.replica_id_in_sync_group, tf.int64
+        )
+        local_n = tf.shape(labels)[0]
+        global_n = context.all_reduce("SUM", local_n)
         with tf.GradientTape() as tape:
-            loss, logits = compute_loss(images, labels, seed)
+            per_example, logits = compute_loss(images, labels, seed)
+            loss = tf.reduce_sum(per_example) / tf.cast(global_n, tf.float32)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, logits
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int32))
+        return tf.reduce_sum(per_example), correct, local_n
+
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def step(images, labels):
+        outputs = strategy.run(replica_step, args=(images, labels))
+        return tuple(strategy.reduce("SUM", value, axis=None) for value in outputs)
 
     return step
 
 
-def build_standard_step(model, optimizer, loss_fn, config):
+def _cross_entropy(labels, logits):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=tf.cast(logits, tf.float32)
+    )
+
+
+def build_standard_step(model, optimizer, config, strategy):
     """Cross-entropy on the batch as it comes from the pipeline."""
     del config
 
     def compute_loss(images, labels, seed):
         del seed
         logits = model(images, training=True)
-        return loss_fn(labels, logits), logits
+        return _cross_entropy(labels, logits), logits
 
-    return _train_step(model, optimizer, compute_loss)
+    return _train_step(model, optimizer, compute_loss, strategy)
 
 
 def _attack_model_fn(model, config):
@@ -107,7 +133,7 @@ def _attack_model_fn(model, config):
     return lambda images: model(images, training=False)
 
 
-def _build_adversarial_step(model, optimizer, loss_fn, config, *, num_steps, step_size):
+def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, step_size):
     """Cross-entropy on l-inf PGD examples (random start) crafted every step.
 
     With `config.adv_fraction < 1` only the first part of each batch is
@@ -134,42 +160,41 @@ def _build_adversarial_step(model, optimizer, loss_fn, config, *, num_steps, ste
             seed=tf.stack([tf.constant(config.seed, tf.int64), seed]),
         )
         logits = model(tf.concat([x_adv, rest], axis=0), training=True)
-        return loss_fn(labels, logits), logits
+        return _cross_entropy(labels, logits), logits
 
-    return _train_step(model, optimizer, compute_loss)
+    return _train_step(model, optimizer, compute_loss, strategy)
 
 
-def build_pgd_step(model, optimizer, loss_fn, config):
+def build_pgd_step(model, optimizer, config, strategy):
     """PGD adversarial training (Madry et al. 2018)."""
     return _build_adversarial_step(
         model,
         optimizer,
-        loss_fn,
         config,
+        strategy,
         num_steps=config.pgd_steps,
         step_size=config.pgd_step_size,
     )
 
 
-def build_fgsm_rs_step(model, optimizer, loss_fn, config):
+def build_fgsm_rs_step(model, optimizer, config, strategy):
     """One signed-gradient step of `config.fgsm_step_size` from a random start.
 
     Wong, Rice and Kolter 2020, "Fast is better than free". Through the
     quantizer's BPDA stand-in when the model has one.
     """
     return _build_adversarial_step(
-        model, optimizer, loss_fn, config, num_steps=1, step_size=config.fgsm_step_size
+        model, optimizer, config, strategy, num_steps=1, step_size=config.fgsm_step_size
     )
 
 
-def build_gradnorm_step(model, optimizer, loss_fn, config):
+def build_gradnorm_step(model, optimizer, config, strategy):
     """The first-order objective computed directly by double backpropagation.
 
-    `CE + weight * eps * mean_i ||grad_x CE(x_i, y_i)||_1`, the linearisation
+    `CE + weight * eps * ||grad_x CE(x, y)||_1` per example, the linearisation
     of `max_{||d||_inf <= eps} L(x + d)` that the soft-quantization method
     minimises implicitly (Zheng, Chen and Ren, arXiv 1810.05665).
     """
-    del loss_fn
 
     def compute_loss(images, labels, seed):
         del seed
@@ -177,16 +202,13 @@ def build_gradnorm_step(model, optimizer, loss_fn, config):
         with tf.GradientTape() as inner:
             inner.watch(images)
             logits = model(images, training=True)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=tf.cast(logits, tf.float32)
-            )
+            per_example = _cross_entropy(labels, logits)
             total = tf.reduce_sum(per_example)
         grad = inner.gradient(total, images)
-        l1 = tf.reduce_mean(tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad))))
-        loss = tf.reduce_mean(per_example) + config.gradnorm_weight * config.eps * l1
-        return loss, logits
+        l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
+        return per_example + config.gradnorm_weight * config.eps * l1, logits
 
-    return _train_step(model, optimizer, compute_loss)
+    return _train_step(model, optimizer, compute_loss, strategy)
 
 
 STEP_BUILDERS = {
@@ -248,6 +270,8 @@ class TrainConfig:
             Serving layout, `<export_dir>/<version>/`); None for no export.
         data_dir: Local dataset directory; None for $SQ_KERAS_DATA_DIR/tfds.
         mixed_precision: The resolved Keras dtype policy name in force.
+        strategy: `tf.distribute` strategy, one of
+            `sq_keras.distribute.STRATEGIES`.
         grad_examples: Test examples used for the `grad_l1` curve.
         overwrite: Start afresh if `model_dir` holds a different run.
     """
@@ -281,6 +305,7 @@ class TrainConfig:
     export_dir: str = None
     data_dir: str = None
     mixed_precision: str = "float32"
+    strategy: str = "default"
     grad_examples: int = 256
     overwrite: bool = False
 
@@ -326,6 +351,11 @@ class TrainConfig:
                 self.train_examples,
             ),
             (
+                self.strategy in distribute.STRATEGIES,
+                f"strategy must be one of {', '.join(distribute.STRATEGIES)}",
+                self.strategy,
+            ),
+            (
                 augment in data.AUGMENTATIONS,
                 f"augment must be one of {', '.join(data.AUGMENTATIONS)}",
                 augment,
@@ -356,7 +386,14 @@ class TrainConfig:
 
 # Keys that may differ between a run and its resumption without changing what
 # is trained.
-_RESUME_FREE_KEYS = ("epochs", "export_dir", "data_dir", "overwrite", "environment")
+_RESUME_FREE_KEYS = (
+    "epochs",
+    "export_dir",
+    "data_dir",
+    "overwrite",
+    "environment",
+    "strategy",
+)
 
 
 def _git_commit():
@@ -443,23 +480,25 @@ def _check_writable_parent(path, what):
         raise TrainingError(f"{what} {path} exists and is not a directory.")
 
 
-def _batches(images, labels, batch_size):
+def _batches(images, labels, batch_size, drop_remainder=False):
     """uint8 arrays -> float32 batches in [0, 1] (cast once per batch)."""
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+        batch_size, drop_remainder=drop_remainder
+    )
     return ds.map(
         lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 
-def make_train_dataset(images, labels, config, epoch):
+def make_train_dataset(images, labels, config, epoch, *, drop_remainder=False):
     """The training batches of one epoch: shuffled, batched, augmented, noised.
 
     Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
     differs and a resumed run sees exactly the batches it would have seen.
     """
     order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
-    ds = _batches(images[order], labels[order], config.batch_size)
+    ds = _batches(images[order], labels[order], config.batch_size, drop_remainder)
     ds = data.add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
     if METHODS[config.method].noise:
         ds = data.add_noise(
@@ -511,13 +550,19 @@ def _log(message):
     print(message, flush=True)
 
 
-def train(config, *, log=_log):
+def train(config, *, log=_log, strategy=None):
     """Trains, checkpoints, logs and exports one model; resumes if possible.
+
+    Under a multi-worker strategy every worker calls this; only the chief
+    writes the run's files (the others write their checkpoints and final
+    model under `<model_dir>/workers/`).
 
     Args:
         config: A `TrainConfig`. Its `mixed_precision` must name the policy
             already set globally (the app sets it first).
         log: Callable taking one line of progress text.
+        strategy: A `tf.distribute.Strategy`; default: built from
+            `config.strategy`.
 
     Returns:
         The dict written to `results.json`.
@@ -535,12 +580,22 @@ def train(config, *, log=_log):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
 
+    if strategy is None:
+        strategy = distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+
     split = "train" if config.train_examples is None else f"train[:{config.train_examples}]"
     train_x, train_y = data.load_arrays(config.dataset, split, config.data_dir)
     test_x, test_y = data.load_arrays(config.dataset, "test", config.data_dir)
-    _prepare_model_dir(config)
-    if config.export_dir:
-        _check_writable_parent(config.export_dir, "--export_dir")
+    if chief:
+        _prepare_model_dir(config)
+        if config.export_dir:
+            _check_writable_parent(config.export_dir, "--export_dir")
+        out_dir = config.model_dir
+    else:
+        out_dir = distribute.worker_dir(config.model_dir, strategy)
+        os.makedirs(out_dir, exist_ok=True)
 
     quantizer = None
     if method.quantizer:
@@ -556,24 +611,31 @@ def train(config, *, log=_log):
             "per_channel": config.per_channel,
             "hard": config.hard_inference,
         }
-    model = models.build(
-        config.model,
-        input_shape=info.image_shape,
-        num_classes=info.num_classes,
-        soft_quantization=quantizer,
-    )
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    if config.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    step = STEP_BUILDERS[method.step](model, optimizer, loss_fn, config)
+    with strategy.scope():
+        model = models.build(
+            config.model,
+            input_shape=info.image_shape,
+            num_classes=info.num_classes,
+            soft_quantization=quantizer,
+        )
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        if config.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        step = STEP_BUILDERS[method.step](model, optimizer, config, strategy)
 
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    # Every worker restores the chief's checkpoints; non-chief workers save
+    # their own copies (saving may involve collectives) where nobody reads them.
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(config.model_dir, "checkpoints"), max_to_keep=2
     )
+    save_manager = manager
+    if not chief:
+        save_manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=1
+        )
     history_path = os.path.join(config.model_dir, "history.json")
     history = []
     if manager.latest_checkpoint:
@@ -582,14 +644,22 @@ def train(config, *, log=_log):
             history = _read_json(history_path)[: int(epoch_var.numpy())]
         log(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}).")
 
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "logs"))
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs"))
     grad_x = test_x[: config.grad_examples].astype(np.float32) / 255.0
     grad_y = test_y[: config.grad_examples]
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    # Several replicas need equal batches on every step, so they drop the
+    # last partial batch; one device keeps it.
+    drop_remainder = replicas > 1
+    steps_per_epoch = (
+        len(train_x) // config.batch_size
+        if drop_remainder
+        else math.ceil(len(train_x) / config.batch_size)
+    )
     log(
         f"Training {config.model} with method {config.method} on {len(train_x)} "
         f"{config.dataset} examples for {config.epochs} epochs "
-        f"({steps_per_epoch} steps each), policy {config.mixed_precision}."
+        f"({steps_per_epoch} steps each), policy {config.mixed_precision}, "
+        f"{replicas} replica(s)."
     )
 
     first_epoch = int(epoch_var.numpy())
@@ -612,9 +682,13 @@ def train(config, *, log=_log):
         log(f"Epoch {epoch + 1}/{config.epochs}" + (f" (alpha {alpha:.3g})" if quantizer else ""))
         start = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        for i, (images, labels) in enumerate(make_train_dataset(train_x, train_y, config, epoch)):
-            loss, logits = step(images, labels)
-            loss = float(loss)
+        dataset = strategy.experimental_distribute_dataset(
+            make_train_dataset(train_x, train_y, config, epoch, drop_remainder=drop_remainder)
+        )
+        for i, (images, labels) in enumerate(dataset):
+            batch_loss, batch_correct, batch_n = step(images, labels)
+            n = int(batch_n)
+            loss = float(batch_loss) / n
             if not math.isfinite(loss):
                 print(flush=True)  # end the progress bar's line
                 if manager.latest_checkpoint:
@@ -629,9 +703,8 @@ def train(config, *, log=_log):
                     f"stopped. {kept} Lower --learning_rate or use "
                     "--mixed_precision=float32."
                 )
-            n = int(tf.shape(labels)[0])
-            loss_sum += loss * n
-            correct += float(tf.reduce_sum(tf.cast(tf.argmax(logits, -1) == labels, tf.float32)))
+            loss_sum += float(batch_loss)
+            correct += int(batch_correct)
             seen += n
             progbar.update(i + 1, [("loss", loss_sum / seen), ("accuracy", correct / seen)])
         seconds = time.perf_counter() - start
@@ -663,17 +736,18 @@ def train(config, *, log=_log):
         # History first: if the process dies before the checkpoint is saved,
         # the resumed run truncates history to the checkpoint's epoch.
         history.append(record)
-        _write_json(history_path, history)
+        if chief:
+            _write_json(history_path, history)
         epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
+        save_manager.save(checkpoint_number=epoch + 1)
         log(
             f"  {seconds:.1f}s  train loss {record['train_loss']:.4f}  "
             f"train acc {record['train_accuracy']:.4f}  test acc {test_accuracy:.4f}  "
             f"grad_l1 {grad_l1:.4g}  zero-grad {grad_zero:.1%}"
         )
 
-    model_path = os.path.join(config.model_dir, "model.keras")
-    tmp_path = os.path.join(config.model_dir, ".model-tmp.keras")
+    model_path = os.path.join(out_dir, "model.keras")
+    tmp_path = os.path.join(out_dir, ".model-tmp.keras")
     model.save(tmp_path)
     os.replace(tmp_path, model_path)
     final = history[-1] if history else {}
@@ -695,6 +769,8 @@ def train(config, *, log=_log):
         "model_path": model_path,
         "export_path": None,
     }
+    if not chief:
+        return results
     previous_results = os.path.join(config.model_dir, "results.json")
     if config.export_dir and first_epoch == config.epochs and os.path.exists(previous_results):
         # Nothing was trained: keep the export of the finished run.

@@ -1,12 +1,18 @@
 """Tests for sq_keras.precision."""
 
+import json
+import os
 from unittest import mock
 
 import keras
+import numpy as np
+import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from sq_keras import data
 from sq_keras import precision
+from sq_keras import training
 
 
 class ResolvePolicyTest(parameterized.TestCase):
@@ -40,6 +46,43 @@ class ResolvePolicyTest(parameterized.TestCase):
     def test_unknown_policy(self):
         with self.assertRaisesRegex(ValueError, "Valid: auto, float32"):
             precision.resolve_policy("fp8")
+
+
+class MixedPrecisionTrainingTest(parameterized.TestCase):
+    def tearDown(self):
+        keras.mixed_precision.set_global_policy("float32")
+        super().tearDown()
+
+    @parameterized.named_parameters(("bf16", "mixed_bfloat16"), ("fp16", "mixed_float16"))
+    def test_policy_trains_and_exports_float32_signatures(self, policy):
+        precision.set_policy(policy)
+        root = self.create_tempdir().full_path
+        results = training.train(
+            training.TrainConfig(
+                method="sq_noisy",
+                epochs=2,
+                train_examples=256,
+                batch_size=32,
+                grad_examples=32,
+                mixed_precision=policy,
+                model_dir=os.path.join(root, "run"),
+                export_dir=os.path.join(root, "export"),
+            ),
+            log=lambda line: None,
+        )
+        with open(os.path.join(root, "run", "history.json")) as f:
+            losses = [h["train_loss"] for h in json.load(f)]
+        self.assertTrue(all(np.isfinite(losses)))
+        self.assertLess(losses[1], losses[0])
+        keras.mixed_precision.set_global_policy("float32")
+        served = tf.saved_model.load(results["export_path"])
+        signature = served.signatures["serving_default"]
+        (spec,) = signature.structured_input_signature[1].values()
+        self.assertEqual(spec.dtype, tf.float32)
+        images, _ = data.load_arrays("mnist", "test[:8]")
+        out = signature(images=tf.constant(images.astype(np.float32) / 255.0))
+        self.assertEqual(out["logits"].dtype, tf.float32)
+        self.assertTrue(np.all(np.isfinite(out["logits"].numpy())))
 
 
 if __name__ == "__main__":

@@ -134,16 +134,16 @@ class TrainTest(parameterized.TestCase):
         model_dir = self.create_tempdir().full_path
         steps_per_epoch = 10  # 1000 examples, batch 100
 
-        def diverging_step(model, optimizer, loss_fn, config):
-            step = training.build_standard_step(model, optimizer, loss_fn, config)
+        def diverging_step(model, optimizer, config, strategy):
+            step = training.build_standard_step(model, optimizer, config, strategy)
             calls = []
 
             def run(images, labels):
                 calls.append(1)
-                loss, logits = step(images, labels)
+                loss_sum, correct, n = step(images, labels)
                 if len(calls) == steps_per_epoch + 3:  # epoch 2, step 3
-                    loss = loss * float("nan")
-                return loss, logits
+                    loss_sum = loss_sum * float("nan")
+                return loss_sum, correct, n
 
             return run
 

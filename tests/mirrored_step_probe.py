@@ -1,0 +1,75 @@
+"""Runs one training step on one device and under MirroredStrategy over 2 logical CPUs.
+
+Prints JSON with both losses and the largest weight difference. Run as a
+script (the logical devices must be set before TensorFlow starts).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from sq_keras import data  # noqa: E402
+from sq_keras import distribute  # noqa: E402
+from sq_keras import models  # noqa: E402
+from sq_keras import training  # noqa: E402
+
+
+def one_step(strategy, images, labels, method):
+    config = training.TrainConfig(method=method, mixed_precision="float32").resolved()
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = models.build(
+            "madry_mnist",
+            input_shape=(28, 28, 1),
+            num_classes=10,
+            soft_quantization={"num_thresholds": 1, "alpha": 20.0},
+        )
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(model.trainable_variables)
+        step = training.STEP_BUILDERS[training.METHODS[method].step](
+            model, optimizer, config, strategy
+        )
+    before = [v.numpy() for v in model.trainable_variables]
+    dataset = tf.data.Dataset.from_tensors((images, labels))
+    for x, y in strategy.experimental_distribute_dataset(dataset):
+        loss_sum, correct, n = step(x, y)
+    after = [v.numpy() for v in model.trainable_variables]
+    change = max(float(np.abs(a - b).max()) for a, b in zip(before, after))
+    return float(loss_sum) / int(n), int(n), after, change
+
+
+def main():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    method = sys.argv[1] if len(sys.argv) > 1 else "sq_natural"
+    raw, labels = data.load_arrays("mnist", "train[:64]")
+    images = raw.astype(np.float32) / 255.0
+    single_loss, single_n, single_w, change = one_step(
+        distribute.make_strategy("default"), images, labels, method
+    )
+    mirrored = distribute.make_strategy("mirrored")
+    mirrored_loss, mirrored_n, mirrored_w, _ = one_step(mirrored, images, labels, method)
+    print(
+        json.dumps(
+            {
+                "replicas": mirrored.num_replicas_in_sync,
+                "single_loss": single_loss,
+                "mirrored_loss": mirrored_loss,
+                "examples": [single_n, mirrored_n],
+                "max_weight_diff": max(
+                    float(np.abs(a - b).max()) for a, b in zip(single_w, mirrored_w)
+                ),
+                "max_weight_change": change,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
