@@ -50,7 +50,10 @@ _AUGMENT = flags.DEFINE_enum(
 _NOISE = flags.DEFINE_enum("noise", _DEFAULTS.noise, list(data.NOISE_KINDS), "Noise kind.")
 _NOISE_SCALE = flags.DEFINE_float("noise_scale", None, "Noise size; default: --eps.")
 _NUM_THRESHOLDS = flags.DEFINE_integer(
-    "num_thresholds", _DEFAULTS.num_thresholds, "Quantizer thresholds K."
+    "num_thresholds",
+    None,
+    "Quantizer thresholds K; default: the dataset's (1 for MNIST and Fashion-MNIST, "
+    "7 for CIFAR-10 and SVHN, 15 for ImageNet).",
 )
 _PER_CHANNEL = flags.DEFINE_boolean(
     "per_channel", _DEFAULTS.per_channel, "One threshold set per input channel."
@@ -89,6 +92,15 @@ _HARD_INFERENCE = flags.DEFINE_boolean(
 )
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
     "train_examples", None, "Use only the first N training examples."
+)
+_EVAL_EXAMPLES = flags.DEFINE_integer(
+    "eval_examples", None, "Test examples scored after each epoch; default: all."
+)
+_INIT_WEIGHTS = flags.DEFINE_string(
+    "init_weights",
+    None,
+    "Weights file for the model's pretrained part, e.g. Keras's ResNet50 ImageNet .h5 "
+    "for --dataset=imagenet2012 (fine-tuning).",
 )
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed.")
 _DETERMINISTIC = flags.DEFINE_boolean(
@@ -155,6 +167,8 @@ def main(argv):
         gradnorm_weight=_GRADNORM_WEIGHT.value,
         hard_inference=_HARD_INFERENCE.value,
         train_examples=_TRAIN_EXAMPLES.value,
+        eval_examples=_EVAL_EXAMPLES.value,
+        init_weights=_INIT_WEIGHTS.value,
         seed=_SEED.value,
         deterministic=_DETERMINISTIC.value,
         model_dir=_MODEL_DIR.value or os.path.join("runs", name),

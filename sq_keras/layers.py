@@ -201,3 +201,28 @@ def alpha_schedule(epoch, num_epochs, *, start, end, kind="geometric"):
     if kind == "geometric":
         return float(start * (end / start) ** frac)
     raise ValueError(f"`kind` must be 'geometric', 'linear' or 'constant'. Received: kind={kind}")
+
+
+@keras.saving.register_keras_serializable(package="sq_keras")
+class CaffePreprocessing(keras.layers.Layer):
+    """`keras.applications` "caffe" preprocessing from images in [0, 1].
+
+    Scales to [0, 255], reorders RGB to BGR and subtracts the ImageNet BGR
+    means, as `keras.applications.resnet50.preprocess_input` does for 0-255
+    input. As a layer it is saved with the model and runs in the SavedModel.
+
+    Input shape:
+        `[..., 3]` RGB images in [0, 1].
+
+    Output shape:
+        Same as the input.
+    """
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = ops.flip(ops.cast(inputs, self.compute_dtype) * 255.0, axis=-1)
+        return bgr - ops.convert_to_tensor(self.MEAN_BGR, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -11,6 +11,7 @@ model = build("madry_mnist", input_shape=(28, 28, 1), num_classes=10,
 
 import keras
 
+from sq_keras.layers import CaffePreprocessing
 from sq_keras.layers import SoftQuantization
 
 
@@ -69,14 +70,29 @@ def _wide_resnet(x, num_classes):
     return _preact_resnet(x, num_classes, stem=16, stages=(160, 320, 640), blocks_per_stage=5)
 
 
+def _resnet50(x, num_classes):
+    """`keras.applications.ResNet50` (random weights; see `build`'s
+    `init_weights`) behind its own caffe-style preprocessing."""
+    base = keras.applications.ResNet50(
+        weights=None,
+        input_shape=tuple(x.shape[1:]),
+        classes=num_classes,
+        classifier_activation=None,
+        name="resnet50",
+    )
+    logits = base(CaffePreprocessing(name="caffe_preprocessing")(x))
+    return keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+
+
 MODELS = {
     "madry_mnist": _madry_mnist,
+    "resnet50": _resnet50,
     "preact_resnet18": _preact_resnet18,
     "wide_resnet": _wide_resnet,
 }
 
 
-def build(name, *, input_shape, num_classes, soft_quantization=None):
+def build(name, *, input_shape, num_classes, soft_quantization=None, init_weights=None):
     """Builds a registered model.
 
     Args:
@@ -85,6 +101,9 @@ def build(name, *, input_shape, num_classes, soft_quantization=None):
         num_classes: Number of logits.
         soft_quantization: None for no quantizer, else a dict of
             `SoftQuantization` keyword arguments.
+        init_weights: Optional weights file (`.weights.h5`, or a legacy
+            `keras.applications` `.h5`) loaded into the pretrained part: the
+            nested base model for `resnet50`, else the whole model.
 
     Returns:
         A functional `keras.Model` named after `name`.
@@ -99,7 +118,17 @@ def build(name, *, input_shape, num_classes, soft_quantization=None):
     if soft_quantization is not None:
         x = SoftQuantization(name="soft_quantization", **soft_quantization)(x)
     logits = MODELS[name](x, num_classes)
-    return keras.Model(inputs, logits, name=name)
+    model = keras.Model(inputs, logits, name=name)
+    if init_weights is not None:
+        nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+        target = nested[0] if len(nested) == 1 else model
+        try:
+            target.load_weights(init_weights)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"Cannot load --init_weights {init_weights} into {target.name}: {e}"
+            ) from e
+    return model
 
 
 def with_soft_quantization(base, *, preprocessing=(), name=None, **quantizer_kwargs):

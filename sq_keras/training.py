@@ -248,7 +248,8 @@ class TrainConfig:
             None for the dataset's (crops and flips for CIFAR-10).
         noise: Noise kind, one of `sq_keras.data.NOISE_KINDS`.
         noise_scale: Noise size; None means `eps`.
-        num_thresholds: Thresholds K of the quantizer.
+        num_thresholds: Thresholds K of the quantizer; None for the dataset's
+            (1 for MNIST-like sets, 7 for 32x32 colour, 15 for ImageNet).
         per_channel: One threshold set per input channel.
         alpha_start: Quantizer steepness in the first epoch.
         alpha_end: Quantizer steepness in the last epoch (kept at export).
@@ -273,6 +274,9 @@ class TrainConfig:
         strategy: `tf.distribute` strategy, one of
             `sq_keras.distribute.STRATEGIES`.
         grad_examples: Test examples used for the `grad_l1` curve.
+        eval_examples: Test examples scored after each epoch (None: all).
+        init_weights: Weights file for the model's pretrained part (see
+            `sq_keras.models.build`), e.g. ImageNet weights of ResNet50.
         overwrite: Start afresh if `model_dir` holds a different run.
     """
 
@@ -286,7 +290,7 @@ class TrainConfig:
     augment: str = None
     noise: str = "uniform"
     noise_scale: float = None
-    num_thresholds: int = 1
+    num_thresholds: int = None
     per_channel: bool = False
     alpha_start: float = 10.0
     alpha_end: float = 100.0
@@ -307,6 +311,8 @@ class TrainConfig:
     mixed_precision: str = "float32"
     strategy: str = "default"
     grad_examples: int = 256
+    eval_examples: int = None
+    init_weights: str = None
     overwrite: bool = False
 
     def resolved(self):
@@ -324,6 +330,7 @@ class TrainConfig:
         eps = info.eps if self.eps is None else float(self.eps)
         noise_scale = eps if self.noise_scale is None else float(self.noise_scale)
         augment = info.augment if self.augment is None else self.augment
+        num_thresholds = info.num_thresholds if self.num_thresholds is None else self.num_thresholds
         fgsm_step_size = 1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size
         checks = [
             (self.epochs >= 1, "epochs must be >= 1", self.epochs),
@@ -331,7 +338,12 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be > 0", self.learning_rate),
             (0 <= eps <= 1, "eps must be in [0, 1]", eps),
             (0 <= noise_scale <= 1, "noise_scale must be in [0, 1]", noise_scale),
-            (self.num_thresholds >= 1, "num_thresholds must be >= 1", self.num_thresholds),
+            (num_thresholds >= 1, "num_thresholds must be >= 1", num_thresholds),
+            (
+                self.eval_examples is None or self.eval_examples >= 1,
+                "eval_examples must be >= 1",
+                self.eval_examples,
+            ),
             (self.alpha_start > 0, "alpha_start must be > 0", self.alpha_start),
             (self.alpha_end > 0, "alpha_end must be > 0", self.alpha_end),
             (self.grad_examples >= 1, "grad_examples must be >= 1", self.grad_examples),
@@ -379,6 +391,7 @@ class TrainConfig:
             model=model,
             eps=eps,
             augment=augment,
+            num_thresholds=num_thresholds,
             noise_scale=noise_scale,
             fgsm_step_size=fgsm_step_size,
         )
@@ -500,11 +513,114 @@ def make_train_dataset(images, labels, config, epoch, *, drop_remainder=False):
     order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
     ds = _batches(images[order], labels[order], config.batch_size, drop_remainder)
     ds = data.add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
+    return _add_method_noise(ds, config, epoch)
+
+
+def _add_method_noise(ds, config, epoch):
     if METHODS[config.method].noise:
         ds = data.add_noise(
             ds, kind=config.noise, scale=config.noise_scale, seed=(config.seed, epoch)
         )
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _resize_and_crop(image, size, *, augment, seed):
+    """A uint8 image of any size -> float32 `[size, size, 3]` in [0, 1].
+
+    Resizes the shorter side to `size * 8 / 7` (256 for 224), then crops
+    `size x size`: at random (and flips with probability 1/2 for
+    "crop_flip") when `augment` is not "none", else in the centre.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size * 8 / 7) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.math.ceil(shape * scale), tf.int32))
+    if augment == "none":
+        out = tf.image.resize_with_crop_or_pad(resized, size, size)
+    else:
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        out = tf.image.stateless_random_crop(resized, [size, size, 3], seed=seeds[0])
+        if augment == "crop_flip":
+            out = tf.image.stateless_random_flip_left_right(out, seed=seeds[1])
+    return tf.clip_by_value(out / 255.0, 0.0, 1.0)
+
+
+@dataclasses.dataclass
+class _Data:
+    """What the loop needs from a dataset, whether in memory or streamed.
+
+    Attributes:
+        num_train: Training examples (None when a stream does not say).
+        train_batches: `(epoch, drop_remainder) -> tf.data` of the epoch's
+            `(float32 images, int64 labels)` batches, augmented and noised.
+        eval_batches: `() -> tf.data` of clean test batches.
+        grad_x: float32 test images of the `grad_l1` curve.
+        grad_y: Their labels.
+        class_names: Label names.
+    """
+
+    num_train: int
+    train_batches: object
+    eval_batches: object
+    grad_x: np.ndarray
+    grad_y: np.ndarray
+    class_names: tuple
+
+
+def _in_memory_data(config, info, split):
+    train_x, train_y = data.load_arrays(config.dataset, split, config.data_dir)
+    test_split = "test" if config.eval_examples is None else f"test[:{config.eval_examples}]"
+    test_x, test_y = data.load_arrays(config.dataset, test_split, config.data_dir)
+    return _Data(
+        num_train=len(train_x),
+        train_batches=lambda epoch, drop: make_train_dataset(
+            train_x, train_y, config, epoch, drop_remainder=drop
+        ),
+        eval_batches=lambda: _batches(test_x, test_y, 1000),
+        grad_x=test_x[: config.grad_examples].astype(np.float32) / 255.0,
+        grad_y=test_y[: config.grad_examples],
+        class_names=info.class_names,
+    )
+
+
+def _streamed_data(config, info, split):
+    size = info.image_shape[0]
+    train, num_train, names = data.load_stream(config.dataset, split, config.data_dir)
+    test_split = "test" if config.eval_examples is None else f"test[:{config.eval_examples}]"
+    test, _, _ = data.load_stream(config.dataset, test_split, config.data_dir)
+    test = test.map(
+        lambda x, y: (_resize_and_crop(x, size, augment="none", seed=None), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+    def train_batches(epoch, drop_remainder):
+        key = tf.constant([config.seed, epoch], tf.int64)
+        ds = train.shuffle(
+            10_000, seed=config.seed * 1_000_003 + epoch, reshuffle_each_iteration=False
+        )
+        ds = ds.enumerate().map(
+            lambda i, example: (
+                _resize_and_crop(
+                    example[0],
+                    size,
+                    augment=config.augment,
+                    seed=tf.random.experimental.stateless_fold_in(key, i),
+                ),
+                example[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        ds = ds.batch(config.batch_size, drop_remainder=drop_remainder)
+        return _add_method_noise(ds, config, epoch)
+
+    grad_x, grad_y = next(iter(test.batch(config.grad_examples)))
+    return _Data(
+        num_train=num_train,
+        train_batches=train_batches,
+        eval_batches=lambda: test.batch(64),
+        grad_x=grad_x.numpy(),
+        grad_y=grad_y.numpy(),
+        class_names=names,
+    )
 
 
 def input_gradient_stats(model, images, labels):
@@ -533,17 +649,18 @@ def input_gradient_stats(model, images, labels):
     return float(tf.reduce_mean(l1)), float(zero)
 
 
-def evaluate_accuracy(model, images, labels, batch_size=1000):
-    """Clean top-1 accuracy of `model` on uint8 `images`."""
+def evaluate_accuracy(model, batches):
+    """Clean top-1 accuracy of `model` over a dataset of `(images, labels)` batches."""
 
     @tf.function(reduce_retracing=True)
     def predict(x):
         return tf.argmax(model(x, training=False), axis=-1)
 
-    correct = 0
-    for x, y in _batches(images, labels, batch_size):
+    correct = seen = 0
+    for x, y in batches:
         correct += int(tf.reduce_sum(tf.cast(predict(x) == y, tf.int32)))
-    return correct / len(images)
+        seen += int(tf.shape(y)[0])
+    return correct / seen
 
 
 def _log(message):
@@ -586,8 +703,7 @@ def train(config, *, log=_log, strategy=None):
     replicas = strategy.num_replicas_in_sync
 
     split = "train" if config.train_examples is None else f"train[:{config.train_examples}]"
-    train_x, train_y = data.load_arrays(config.dataset, split, config.data_dir)
-    test_x, test_y = data.load_arrays(config.dataset, "test", config.data_dir)
+    source = (_streamed_data if info.streaming else _in_memory_data)(config, info, split)
     if chief:
         _prepare_model_dir(config)
         if config.export_dir:
@@ -617,6 +733,7 @@ def train(config, *, log=_log, strategy=None):
             input_shape=info.image_shape,
             num_classes=info.num_classes,
             soft_quantization=quantizer,
+            init_weights=config.init_weights,
         )
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.mixed_precision == "mixed_float16":
@@ -645,18 +762,18 @@ def train(config, *, log=_log, strategy=None):
         log(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}).")
 
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs"))
-    grad_x = test_x[: config.grad_examples].astype(np.float32) / 255.0
-    grad_y = test_y[: config.grad_examples]
     # Several replicas need equal batches on every step, so they drop the
     # last partial batch; one device keeps it.
     drop_remainder = replicas > 1
-    steps_per_epoch = (
-        len(train_x) // config.batch_size
-        if drop_remainder
-        else math.ceil(len(train_x) / config.batch_size)
-    )
+    steps_per_epoch = None  # unknown for a stream that does not say its size
+    if source.num_train:
+        steps_per_epoch = (
+            source.num_train // config.batch_size
+            if drop_remainder
+            else math.ceil(source.num_train / config.batch_size)
+        )
     log(
-        f"Training {config.model} with method {config.method} on {len(train_x)} "
+        f"Training {config.model} with method {config.method} on {source.num_train} "
         f"{config.dataset} examples for {config.epochs} epochs "
         f"({steps_per_epoch} steps each), policy {config.mixed_precision}, "
         f"{replicas} replica(s)."
@@ -683,7 +800,7 @@ def train(config, *, log=_log, strategy=None):
         start = time.perf_counter()
         loss_sum = correct = seen = 0.0
         dataset = strategy.experimental_distribute_dataset(
-            make_train_dataset(train_x, train_y, config, epoch, drop_remainder=drop_remainder)
+            source.train_batches(epoch, drop_remainder)
         )
         for i, (images, labels) in enumerate(dataset):
             batch_loss, batch_correct, batch_n = step(images, labels)
@@ -709,8 +826,8 @@ def train(config, *, log=_log, strategy=None):
             progbar.update(i + 1, [("loss", loss_sum / seen), ("accuracy", correct / seen)])
         seconds = time.perf_counter() - start
 
-        test_accuracy = evaluate_accuracy(model, test_x, test_y)
-        grad_l1, grad_zero = input_gradient_stats(model, grad_x, grad_y)
+        test_accuracy = evaluate_accuracy(model, source.eval_batches())
+        grad_l1, grad_zero = input_gradient_stats(model, source.grad_x, source.grad_y)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen,
@@ -755,7 +872,9 @@ def train(config, *, log=_log, strategy=None):
         "dataset": config.dataset,
         "method": config.method,
         "epochs_done": len(history),
-        "test_accuracy": final.get("test_accuracy", evaluate_accuracy(model, test_x, test_y)),
+        "test_accuracy": final.get(
+            "test_accuracy", evaluate_accuracy(model, source.eval_batches())
+        ),
         "train_accuracy": final.get("train_accuracy"),
         "train_loss": final.get("train_loss"),
         "grad_l1": final.get("grad_l1"),
@@ -781,7 +900,7 @@ def train(config, *, log=_log, strategy=None):
             "dataset": config.dataset,
             "method": config.method,
             "eps": config.eps,
-            "class_names": list(info.class_names),
+            "class_names": list(source.class_names),
             "test_accuracy": results["test_accuracy"],
             **_environment(),
         }

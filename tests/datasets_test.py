@@ -77,7 +77,12 @@ class LoadLocalTest(parameterized.TestCase):
             data.load_arrays("mnist", "test", data_dir=root)
 
     @parameterized.named_parameters(
-        ("dataset", "mnistt", "test", "Valid datasets: cifar10, fashion_mnist, mnist"),
+        (
+            "dataset",
+            "mnistt",
+            "test",
+            "Valid datasets: cifar10, fashion_mnist, imagenet2012, mnist",
+        ),
         ("split", "mnist", "validation", "Valid splits: test, train"),
         ("slice", "mnist", "train[a:b]", "Valid splits"),
     )

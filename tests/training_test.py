@@ -12,6 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from tensorboard.backend.event_processing import event_accumulator
 
+from sq_keras import data
 from sq_keras import training
 from sq_keras.data import datasets
 from tests.testing_utils import write_fake_dataset
@@ -292,6 +293,66 @@ class OtherDatasetsTest(parameterized.TestCase):
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
         expected = model.predict(raw.astype(np.float32) / 255.0, verbose=0)
         np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
+
+
+class ImageNetTest(parameterized.TestCase):
+    def test_fine_tuning_resnet50_on_mock_imagenet(self):
+        import tensorflow_datasets as tfds
+
+        root = self.create_tempdir().full_path
+        manual = os.path.join(root, "imagenet2012")
+        os.makedirs(manual)
+        for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+            open(os.path.join(manual, name), "wb").close()
+        # Stand-in "pretrained" weights: a ResNet50 with its own random init.
+        keras.utils.set_random_seed(123)
+        pretrained = keras.applications.ResNet50(
+            weights=None, input_shape=(224, 224, 3), classifier_activation=None
+        )
+        weights = os.path.join(root, "resnet50.weights.h5")
+        pretrained.save_weights(weights)
+        model_dir = os.path.join(root, "run")
+        with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+            results = training.train(
+                _config(
+                    model_dir,
+                    dataset="imagenet2012",
+                    method="sq_noisy",
+                    data_dir=root,
+                    train_examples=None,
+                    batch_size=4,
+                    grad_examples=4,
+                    init_weights=weights,
+                    export_dir=os.path.join(root, "export"),
+                )
+            )
+        self.assertEqual(results["epochs_done"], 1)
+        self.assertTrue(np.isfinite(results["train_loss"]))
+        self.assertLen(results["thresholds"][0], 15)
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+        self.assertEqual(config["model"], "resnet50")
+        self.assertAlmostEqual(config["eps"], 4 / 255)
+        # Fine-tuned from the given weights: one Adam step (lr 1e-3) away from them.
+        tuned = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        kernel = tuned.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy()
+        start = pretrained.get_layer("conv1_conv").kernel.numpy()
+        self.assertLess(np.abs(kernel - start).max(), 0.01)
+        served = tf.saved_model.load(results["export_path"])
+        raw = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+        out = served.signatures["serve_uint8"](images=tf.constant(raw))
+        self.assertEqual(out["probabilities"].shape, (2, 1000))
+        with open(
+            os.path.join(results["export_path"], "assets.extra", "sq_keras_metadata.json")
+        ) as f:
+            self.assertEqual(json.load(f)["class_names"][0], "n01440764")
+
+    def test_missing_manual_download_names_the_files(self):
+        root = self.create_tempdir().full_path
+        with self.assertRaisesRegex(data.DataError, "ILSVRC2012_img_train.tar"):
+            data.load_stream("imagenet2012", "train", data_dir=root)
+        with self.assertRaisesRegex(ValueError, "load_stream"):
+            data.load_arrays("imagenet2012", "train", data_dir=root)
 
 
 class InputGradientStatsTest(parameterized.TestCase):

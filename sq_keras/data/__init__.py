@@ -16,6 +16,7 @@ from sq_keras.data.datasets import DatasetInfo
 from sq_keras.data.datasets import get_info
 from sq_keras.data.datasets import load
 from sq_keras.data.datasets import load_arrays
+from sq_keras.data.datasets import load_stream
 from sq_keras.data.datasets import resolve_data_dir
 from sq_keras.data.noise import NOISE_KINDS
 from sq_keras.data.noise import add_noise
@@ -33,6 +34,7 @@ __all__ = [
     "get_info",
     "load",
     "load_arrays",
+    "load_stream",
     "noise_batch",
     "resolve_data_dir",
 ]

@@ -59,6 +59,14 @@ class DatasetInfo:
         source_help: How to obtain the canonical files.
         download_host: Host tfds downloads from, probed before a download.
         augment: Default training augmentation, see `sq_keras.data.AUGMENTATIONS`.
+        num_thresholds: Default quantizer thresholds K. Levels at least 2 eps
+            apart (K + 1 <= 1 / (2 eps)) keep an eps-perturbation from
+            crossing more than one threshold.
+        streaming: Too large for memory: read with `load_stream` from a
+            prepared tensorflow-datasets copy (manual download), never with
+            `load_arrays`.
+        tfds_splits: Our split name -> tensorflow-datasets split name, when
+            they differ.
     """
 
     name: str
@@ -72,6 +80,9 @@ class DatasetInfo:
     source_help: str
     download_host: str
     augment: str = "none"
+    num_thresholds: int = 1
+    streaming: bool = False
+    tfds_splits: dict = None
 
 
 def _read_idx(path, expected_dims):
@@ -257,6 +268,7 @@ DATASETS = {
             "test": (DataFile("cifar-10-binary.tar.gz", _CIFAR_SHA),),
         },
         reader=_read_cifar10_binary,
+        num_thresholds=7,
         source_help=(
             "It is the binary release of CIFAR-10 (Krizhevsky 2009), "
             "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz."
@@ -286,6 +298,7 @@ DATASETS = {
             ),
         },
         reader=_read_svhn_mat,
+        num_thresholds=7,
         source_help=(
             "They are the cropped-digit files of SVHN (Netzer et al. 2011), "
             "http://ufldl.stanford.edu/housenumbers/."
@@ -293,6 +306,31 @@ DATASETS = {
         download_host="ufldl.stanford.edu",
         # Crops only: a mirrored digit is often another digit or none.
         augment="crop",
+    ),
+    "imagenet2012": DatasetInfo(
+        name="imagenet2012",
+        image_shape=(224, 224, 3),
+        num_classes=1000,
+        class_names=(),  # the 1000 WordNet ids, read from tensorflow-datasets
+        eps=4 / 255,
+        model="resnet50",
+        files={
+            # Far too large to hash on every load; tensorflow-datasets reads them
+            # once into its own prepared copy.
+            "train": (DataFile("ILSVRC2012_img_train.tar", None),),
+            "test": (DataFile("ILSVRC2012_img_val.tar", None),),
+        },
+        reader=None,
+        source_help=(
+            "ImageNet cannot be downloaded automatically: get the ILSVRC2012 "
+            "training and validation tars from https://image-net.org/ (registration "
+            "needed); tensorflow-datasets prepares them once (hours, ~150 GB)."
+        ),
+        download_host=None,
+        augment="crop_flip",
+        num_thresholds=15,
+        streaming=True,
+        tfds_splits={"train": "train", "test": "validation"},
     ),
 }
 
@@ -351,7 +389,9 @@ def _hash_file(path):
 
 def _files_help(info):
     unique = {f.name: f.sha256 for fs in info.files.values() for f in fs}
-    return "\n".join(f"  {name}  sha256 {sha}" for name, sha in unique.items())
+    return "\n".join(
+        f"  {name}  sha256 {sha}" if sha else f"  {name}" for name, sha in unique.items()
+    )
 
 
 def _read_local(info, base, root):
@@ -424,6 +464,8 @@ def load_arrays(name, split, data_dir=None):
         DataError: Files missing or corrupt, or offline without a local copy.
     """
     info = get_info(name)
+    if info.streaming:
+        raise ValueError(f"{name} does not fit in memory: use load_stream().")
     base, index = _parse_split(info, split)
     root = resolve_data_dir(data_dir)
     if root:
@@ -447,3 +489,64 @@ def load(name, split, data_dir=None):
     """
     images, labels = load_arrays(name, split, data_dir)
     return tf.data.Dataset.from_tensor_slices((images.astype(np.float32) / 255.0, labels))
+
+
+def load_stream(name, split, data_dir=None):
+    """Streams a split too large for memory from a prepared tensorflow-datasets copy.
+
+    The first call prepares the copy from the manually downloaded files in
+    `<data_dir>/<name>/` (or `$SQ_KERAS_DATA_DIR/<name>/`, else tfds's own
+    manual directory); tensorflow-datasets keeps it under `$TFDS_DATA_DIR`.
+
+    Args:
+        name: A registered streaming dataset (`imagenet2012`).
+        split: "train" or "test", optionally sliced ("train[:1000]").
+        data_dir: Directory whose `<name>/` holds the downloaded files.
+
+    Returns:
+        `(dataset, num_examples, class_names)`: a `tf.data.Dataset` of
+        `(uint8 image [h, w, 3] of its own size, int64 label)`, the split's
+        size (None when unknown) and the label names.
+
+    Raises:
+        ValueError: Unknown dataset or split.
+        DataError: Not prepared and the downloaded files are missing.
+    """
+    import tensorflow_datasets as tfds
+
+    info = get_info(name)
+    base, index = _parse_split(info, split)
+    builder = tfds.builder(info.name, data_dir=os.environ.get("TFDS_DATA_DIR"))
+    if not builder.is_prepared():
+        root = resolve_data_dir(data_dir)
+        manual = os.path.join(root, info.name) if root else None
+        missing = [
+            f.name
+            for fs in info.files.values()
+            for f in fs
+            if manual is None or not os.path.isfile(os.path.join(manual, f.name))
+        ]
+        if missing:
+            raise DataError(
+                f"{info.name} is not prepared in tensorflow-datasets ({builder.data_dir}) "
+                f"and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in "
+                f"{manual or '<data_dir>/' + info.name}.\nPut these files in "
+                f"<data_dir>/{info.name}/ and pass --data_dir (or set {DATA_DIR_ENV}):\n"
+                f"{_files_help(info)}\n{info.source_help}"
+            )
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+        )
+    tfds_split = (info.tfds_splits or {}).get(base, base)
+    if index.start is not None or index.stop is not None:
+        start = "" if index.start is None else index.start
+        stop = "" if index.stop is None else index.stop
+        tfds_split = f"{tfds_split}[{start}:{stop}]"
+    dataset = builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
+    try:
+        num_examples = builder.info.splits[tfds_split].num_examples or None
+    except (KeyError, ValueError):
+        num_examples = None
+    names = tuple(builder.info.features["label"].names)
+    dataset = dataset.map(lambda x, y: (x, tf.cast(y, tf.int64)))
+    return dataset, num_examples, names

@@ -1,0 +1,163 @@
+r"""Training-step throughput of sq_keras's methods, measured in one process.
+
+Builds each method's real train step (same model, optimiser and batch) and
+times it round-robin: every repeat runs --steps steps of each method in turn,
+so load from other processes hits all methods alike; the table reports the
+median images/s over repeats and the cost of each method relative to
+`natural`. Data are random images of the dataset's shape (throughput does not
+depend on pixel values), so no dataset files are needed.
+
+Usage:
+  python benchmarks/train_throughput.py --dataset=mnist \
+      --methods=natural,sq_noisy,sq_fgsm,fgsm_rs,gradnorm,pgd_at \
+      --output=results/mnist_throughput.json
+  python benchmarks/train_throughput.py --dataset=cifar10 \
+      --methods=natural,sq_noisy,pgd_at --batch_size=128 \
+      --output=results/cifar10_throughput.json
+
+`pgd_at` uses PGD-`--pgd_steps` (default: the training default, 40 for MNIST;
+use --pgd_steps=10 for CIFAR-10's usual PGD-10).
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from sq_keras import data  # noqa: E402
+from sq_keras import distribute  # noqa: E402
+from sq_keras import models  # noqa: E402
+from sq_keras import precision  # noqa: E402
+from sq_keras import training  # noqa: E402
+
+_DATASET = flags.DEFINE_enum("dataset", "mnist", sorted(data.DATASETS), "Dataset shape/model.")
+_METHODS = flags.DEFINE_list(
+    "methods", ["natural", "sq_noisy", "pgd_at"], "Methods of apps.train to time."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per step.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per method and repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Round-robin repeats.")
+_PGD_STEPS = flags.DEFINE_integer("pgd_steps", None, "PGD steps of pgd_at; default: training's.")
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision", "auto", list(precision.POLICIES), "Dtype policy."
+)
+_OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
+
+
+def _build_step(method, info, config):
+    keras.utils.set_random_seed(0)
+    quantizer = None
+    if training.METHODS[method].quantizer:
+        quantizer = {"num_thresholds": config.num_thresholds, "alpha": config.alpha_end}
+    model = models.build(
+        config.model,
+        input_shape=info.image_shape,
+        num_classes=info.num_classes,
+        soft_quantization=quantizer,
+    )
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    strategy = distribute.make_strategy("default")
+    return training.STEP_BUILDERS[training.METHODS[method].step](model, optimizer, config, strategy)
+
+
+def _noisy(method, images, config, seed):
+    """The noise stage's per-batch work, for the methods that have it."""
+    if not training.METHODS[method].noise:
+        return images
+    return data.noise_batch(
+        images, kind=config.noise, scale=config.noise_scale, seed=tf.constant([seed, 0])
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    policy = precision.set_policy(_MIXED_PRECISION.value)
+    info = data.get_info(_DATASET.value)
+    unknown = [m for m in _METHODS.value if m not in training.METHODS]
+    if unknown:
+        raise app.UsageError(f"Unknown methods {unknown}. Valid: {sorted(training.METHODS)}")
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.random((_BATCH_SIZE.value, *info.image_shape), dtype=np.float32))
+    labels = tf.constant(rng.integers(0, info.num_classes, _BATCH_SIZE.value), tf.int64)
+    overrides = {} if _PGD_STEPS.value is None else {"pgd_steps": _PGD_STEPS.value}
+    config = training.TrainConfig(
+        dataset=_DATASET.value, mixed_precision=policy, **overrides
+    ).resolved()
+
+    steps = {}
+    for method in _METHODS.value:
+        print(f"Building and warming up {method} ...", flush=True)
+        steps[method] = _build_step(method, info, config)
+        steps[method](_noisy(method, images, config, 0), labels)  # trace + first run
+    times = {method: [] for method in steps}
+    for repeat in range(_REPEATS.value):
+        for method, step in steps.items():
+            start = time.perf_counter()
+            for i in range(_STEPS.value):
+                out = step(_noisy(method, images, config, i), labels)
+            float(out[0])  # wait for the last step
+            times[method].append(time.perf_counter() - start)
+        print(f"repeat {repeat + 1}/{_REPEATS.value} done", flush=True)
+
+    rows = {}
+    for method, seconds in times.items():
+        per_step = statistics.median(seconds) / _STEPS.value
+        rows[method] = {
+            "images_per_second": _BATCH_SIZE.value / per_step,
+            "seconds_per_step": per_step,
+            "all_repeats_seconds": seconds,
+        }
+    base = rows.get("natural")
+    print("\n| method | images/s | s/step | cost vs natural |\n|---|---|---|---|")
+    for method, row in rows.items():
+        ratio = row["seconds_per_step"] / base["seconds_per_step"] if base else float("nan")
+        row["cost_vs_natural"] = ratio
+        print(
+            f"| {method} | {row['images_per_second']:.0f} | {row['seconds_per_step']:.3f} "
+            f"| {ratio:.2f}x |"
+        )
+    if _OUTPUT.value:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        payload = {
+            "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
+            "dataset": _DATASET.value,
+            "model": config.model,
+            "batch_size": _BATCH_SIZE.value,
+            "steps": _STEPS.value,
+            "repeats": _REPEATS.value,
+            "pgd_steps": config.pgd_steps,
+            "policy": policy,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.processor()}",
+            "tensorflow": tf.__version__,
+            "commit": commit,
+            "date": time.strftime("%Y-%m-%d"),
+            "methods": rows,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(payload, f, indent=2)
+        print(f"Wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
