@@ -76,13 +76,27 @@ def _build_step(method, info, config):
     return training.STEP_BUILDERS[training.METHODS[method].step](model, optimizer, config, strategy)
 
 
-def _noisy(method, images, config, seed):
-    """The noise stage's per-batch work, for the methods that have it."""
-    if not training.METHODS[method].noise:
-        return images
-    return data.noise_batch(
-        images, kind=config.noise, scale=config.noise_scale, seed=tf.constant([seed, 0])
-    )
+def _noise_fn(config):
+    """The noise stage's per-batch work, compiled as tf.data would run it."""
+
+    @tf.function
+    def noisy(images, seed):
+        return data.noise_batch(
+            images, kind=config.noise, scale=config.noise_scale, seed=tf.stack([seed, 0])
+        )
+
+    return noisy
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def main(argv):
@@ -102,17 +116,24 @@ def main(argv):
         dataset=_DATASET.value, mixed_precision=policy, **overrides
     ).resolved()
 
+    noise = _noise_fn(config)
+
+    def batch(method, index):
+        if not training.METHODS[method].noise:
+            return images
+        return noise(images, tf.constant(index, tf.int64))
+
     steps = {}
     for method in _METHODS.value:
         print(f"Building and warming up {method} ...", flush=True)
         steps[method] = _build_step(method, info, config)
-        steps[method](_noisy(method, images, config, 0), labels)  # trace + first run
+        steps[method](batch(method, 0), labels)  # trace + first run
     times = {method: [] for method in steps}
     for repeat in range(_REPEATS.value):
         for method, step in steps.items():
             start = time.perf_counter()
             for i in range(_STEPS.value):
-                out = step(_noisy(method, images, config, i), labels)
+                out = step(batch(method, i), labels)
             float(out[0])  # wait for the last step
             times[method].append(time.perf_counter() - start)
         print(f"repeat {repeat + 1}/{_REPEATS.value} done", flush=True)
@@ -147,7 +168,7 @@ def main(argv):
             "repeats": _REPEATS.value,
             "pgd_steps": config.pgd_steps,
             "policy": policy,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.processor()}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_model()}",
             "tensorflow": tf.__version__,
             "commit": commit,
             "date": time.strftime("%Y-%m-%d"),
