@@ -1,0 +1,200 @@
+r"""Evaluates a classifier's l-inf robustness with a suite of strong attacks.
+
+Usage:
+  python -m apps.evaluate --model=runs/mnist_sq_noisy --num_examples=500
+  python -m apps.evaluate --model=runs/mnist_sq_noisy/model.keras \
+      --attacks=strong --eps=0.3 --pgd_steps=100 --restarts=5 \
+      --square_queries=5000 --source_model=runs/mnist_natural \
+      --output=results/sq_noisy.json --logdir=results/tb
+
+--model is a .keras file or a training --model_dir (all attacks, BPDA
+included), or a SavedModel directory or training --export_dir of numbered
+versions (every attack but BPDA). The sweep
+appends eps=0.5, where no classifier can beat chance, unless
+--noadd_large_eps. Writes the JSON report at --output with
+<stem>_sweep.png and <stem>_examples.png beside it, prints a table and
+warns about every failed gradient-masking check.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from sq_keras import data  # noqa: E402
+from sq_keras import evaluation  # noqa: E402
+from sq_keras import precision  # noqa: E402
+
+_DEFAULTS = evaluation.AttackSettings()
+
+_MODEL = flags.DEFINE_string(
+    "model", None, "A .keras file, a training model_dir, or a SavedModel (or --export_dir)."
+)
+_DATASET = flags.DEFINE_enum(
+    "dataset",
+    None,
+    sorted(data.DATASETS),
+    "Dataset; default: the model's config.json, else mnist.",
+)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate, e.g. test or test[:1000].")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 1000, "First N examples of the split; 0 = all."
+)
+_EPS = flags.DEFINE_string(
+    "eps",
+    None,
+    "l-inf radius in [0, 1], or a comma list for a sweep (the first is "
+    "the primary eps); default: the dataset's (0.3 for mnist).",
+)
+_ADD_LARGE_EPS = flags.DEFINE_boolean(
+    "add_large_eps", True, f"Append eps={evaluation.LARGE_EPS} to the sweep for the chance check."
+)
+_ATTACKS = flags.DEFINE_string(
+    "attacks",
+    "strong",
+    f"Comma list of {', '.join(evaluation.ATTACKS)} or presets ({', '.join(evaluation.PRESETS)}).",
+)
+_PGD_STEPS = flags.DEFINE_integer(
+    "pgd_steps", _DEFAULTS.pgd_steps, "Steps of PGD/APGD/BPDA/transfer."
+)
+_RESTARTS = flags.DEFINE_integer(
+    "restarts", _DEFAULTS.restarts, "Random restarts of PGD-type attacks."
+)
+_SQUARE_QUERIES = flags.DEFINE_integer(
+    "square_queries", _DEFAULTS.square_queries, "Square Attack queries per example."
+)
+_SOURCE_MODEL = flags.DEFINE_string(
+    "source_model", None, "Surrogate model for the transfer attack (same formats as --model)."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 250, "Examples per attack batch.")
+_SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the random starts.")
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    list(precision.POLICIES),
+    "Dtype policy of a .keras model's hidden layers; quantizers and logits stay float32.",
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "JSON report path; default: evaluation.json beside the model."
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Directory with <dataset>/ files; default: $SQ_KERAS_DATA_DIR, else tfds."
+)
+_LOGDIR = flags.DEFINE_string("logdir", None, "Write TensorBoard summaries here.")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar per attack.")
+
+
+def _parse_eps(text, default):
+    if text is None or not text.strip():
+        return [default]
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(
+            f"Error: --eps must be numbers in [0, 1] separated by commas. Received: {text!r}"
+        ) from None
+    for eps in values:
+        if not 0.0 <= eps <= 1.0:
+            raise SystemExit(
+                f"Error: --eps values must be in [0, 1] (pixel units). Received: {eps}"
+            )
+    if not values:
+        raise SystemExit("Error: --eps is empty.")
+    return values
+
+
+def _check_positive(flag):
+    if flag.value is None or flag.value <= 0:
+        raise SystemExit(f"Error: --{flag.name} must be a positive integer. Received: {flag.value}")
+
+
+def _default_output(model_path):
+    directory = model_path if os.path.isdir(model_path) else os.path.dirname(model_path)
+    return os.path.join(directory or ".", "evaluation.json")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+    policy = precision.set_policy(_MIXED_PRECISION.value)
+
+    if not _MODEL.value:
+        raise SystemExit(
+            "Error: --model is required (a .keras file, model_dir or SavedModel directory)."
+        )
+    if not os.path.exists(_MODEL.value):
+        raise SystemExit(f"Error: --model path {_MODEL.value!r} does not exist.")
+    if _SOURCE_MODEL.value and not os.path.exists(_SOURCE_MODEL.value):
+        raise SystemExit(f"Error: --source_model path {_SOURCE_MODEL.value!r} does not exist.")
+    for flag in (_PGD_STEPS, _RESTARTS, _SQUARE_QUERIES, _BATCH_SIZE):
+        _check_positive(flag)
+    if _NUM_EXAMPLES.value < 0:
+        raise SystemExit(f"Error: --num_examples must be >= 0. Received: {_NUM_EXAMPLES.value}")
+    try:
+        attacks = evaluation.resolve_attacks(_ATTACKS.value.split(","))
+    except ValueError as e:
+        raise SystemExit(f"Error: {e}") from None
+    eps_values = _parse_eps(_EPS.value, None)  # Fails fast on bad values.
+
+    try:
+        target = evaluation.load_target(_MODEL.value, policy=policy)
+        source = evaluation.load_target(_SOURCE_MODEL.value) if _SOURCE_MODEL.value else None
+        dataset = _DATASET.value or target.config.get("dataset") or "mnist"
+        info = data.get_info(dataset)
+        if eps_values == [None]:
+            eps_values = [float(target.config.get("eps", info.eps))]
+        images, labels = evaluation.load_examples(
+            dataset,
+            _SPLIT.value,
+            num_examples=_NUM_EXAMPLES.value or None,
+            data_dir=_DATA_DIR.value,
+        )
+        settings = evaluation.AttackSettings(
+            pgd_steps=_PGD_STEPS.value,
+            restarts=_RESTARTS.value,
+            square_queries=_SQUARE_QUERIES.value,
+            seed=_SEED.value,
+        )
+        report = evaluation.evaluate(
+            target,
+            images,
+            labels,
+            attacks=attacks,
+            eps_values=eps_values,
+            settings=settings,
+            source=source,
+            num_classes=info.num_classes,
+            batch_size=_BATCH_SIZE.value,
+            progress=_PROGRESS.value,
+            add_large_eps=_ADD_LARGE_EPS.value,
+        )
+        report.update(
+            dataset=dataset,
+            split=_SPLIT.value,
+            seed=_SEED.value,
+            mixed_precision=policy,
+            source_model=_SOURCE_MODEL.value,
+            training_config=target.config,
+            versions={"tensorflow": tf.__version__, "keras": __import__("keras").__version__},
+        )
+        output = _OUTPUT.value or _default_output(_MODEL.value)
+        written = evaluation.write_report(
+            report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
+        )
+    except (ValueError, FileNotFoundError, data.DataError) as e:
+        raise SystemExit(f"Error: {e}") from None
+
+    print(evaluation.format_table(report))
+    for name, message in evaluation.failed_checks(report):
+        logging.warning("Masking check %s failed: %s", name, message)
+    print(f"Report: {written['files']['json']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

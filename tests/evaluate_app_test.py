@@ -1,0 +1,147 @@
+"""End-to-end tests of `python -m apps.evaluate`, run as a user would."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import evaluation
+from sq_keras.layers import SoftQuantization
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def saved_models():
+    """Saves a tiny quantized model and a tiny natural surrogate as .keras."""
+    directory = tempfile.mkdtemp(prefix="evaluate_app_test-")
+    images, labels = evaluation.load_examples(
+        "mnist", "train", num_examples=3000, data_dir=os.environ.get("SQ_KERAS_DATA_DIR")
+    )
+    paths = {}
+    for kind in ("quantized", "natural"):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((28, 28, 1), name="images")
+        x = inputs
+        if kind == "quantized":
+            x = SoftQuantization(num_thresholds=1, alpha=20.0, name="soft_quantization")(x)
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+        x = keras.layers.Flatten()(x)
+        model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+        model.compile(
+            optimizer="adam",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        model_dir = os.path.join(directory, kind)
+        os.makedirs(model_dir)
+        model.save(os.path.join(model_dir, "model.keras"))
+        with open(os.path.join(model_dir, "config.json"), "w") as f:
+            json.dump({"dataset": "mnist", "method": kind, "eps": 0.3, "seed": 0}, f)
+        paths[kind] = model_dir
+    return paths
+
+
+def run_app(*flags):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.run(
+        [sys.executable, "-m", "apps.evaluate", *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class EvaluateAppTest(parameterized.TestCase):
+    def test_strong_preset_end_to_end(self):
+        models = saved_models()
+        out = self.create_tempdir().full_path
+        output = os.path.join(out, "report.json")
+        logdir = os.path.join(out, "tb")
+        result = run_app(
+            f"--model={models['quantized']}",
+            f"--source_model={models['natural']}/model.keras",
+            "--split=test[:200]",
+            "--num_examples=60",
+            "--eps=0.3,0.1",
+            "--attacks=strong",
+            "--pgd_steps=5",
+            "--square_queries=30",
+            "--batch_size=32",
+            f"--output={output}",
+            f"--logdir={logdir}",
+            "--noprogress",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(output) as f:
+            report = json.load(f)
+        for key in (
+            "clean_accuracy",
+            "attacks",
+            "worst_case_accuracy",
+            "worst_case_accuracy_by_eps",
+            "checks",
+            "settings",
+            "files",
+        ):
+            self.assertIn(key, report)
+        self.assertEqual(report["num_examples"], 60)
+        self.assertEqual(report["eps"], 0.3)
+        self.assertEqual(report["eps_values"], [0.1, 0.3, 0.5])
+        self.assertEqual(report["dataset"], "mnist")
+        expected = set(evaluation.ATTACKS) | {evaluation.DOUBLED}
+        self.assertEqual(set(report["attacks"]), expected)
+        for name in evaluation.ATTACKS:
+            results = report["attacks"][name]["results"]
+            self.assertEqual(set(results), {"0.1", "0.3", "0.5"}, name)
+            self.assertLessEqual(results["0.3"]["robust_accuracy"], report["clean_accuracy"])
+            self.assertGreater(results["0.3"]["images_per_second"], 0)
+        self.assertEqual(report["attacks"]["pgd"]["settings"]["num_steps"], 5)
+        self.assertEqual(report["attacks"]["square"]["settings"]["max_queries"], 30)
+        self.assertTrue(report["checks"]["bpda_run"]["passed"])
+        for check in report["checks"].values():
+            self.assertIn(check["passed"], (True, False, None))
+        for key in ("sweep_plot", "examples_plot"):
+            self.assertTrue(os.path.isfile(report["files"][key]))
+        self.assertTrue(os.listdir(logdir))
+        self.assertIn("worst case", result.stdout)
+        self.assertIn("masking checks", result.stdout)
+        for name, check in report["checks"].items():
+            if check["passed"] is False:
+                self.assertIn(f"Masking check {name} failed", result.stderr)
+
+    @parameterized.named_parameters(
+        (
+            "unknown_attack",
+            ["--attacks=pgd,deepfool"],
+            "Unknown attack 'deepfool'. Valid attacks: fgsm, pgd",
+        ),
+        ("eps_above_one", ["--eps=1.5"], "in [0, 1]"),
+        ("negative_eps", ["--eps=-0.1"], "in [0, 1]"),
+        ("zero_steps", ["--pgd_steps=0"], "--pgd_steps must be a positive integer"),
+        ("zero_batch", ["--batch_size=0"], "--batch_size must be a positive integer"),
+        ("missing_model", ["--model=/nonexistent/model.keras"], "does not exist"),
+    )
+    def test_bad_flags_fail_with_a_clear_message(self, flags, message):
+        model = (
+            []
+            if any(f.startswith("--model=") for f in flags)
+            else [f"--model={saved_models()['natural']}"]
+        )
+        result = run_app(*model, *flags, "--num_examples=5", "--noprogress")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(message, result.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()
