@@ -152,6 +152,9 @@ def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, st
             step_size=step_size,
             num_steps=num_steps,
             seed=seed + config.seed * 1_000_003,
+            # The last iterate, as in Madry et al. and Wong et al.; skips the
+            # evaluator's bookkeeping forward pass.
+            keep_most_damaging=False,
         )
         rest = data.noise_batch(
             images[n_adv:],
