@@ -1,0 +1,340 @@
+"""Side-by-side reproduction: train several methods, attack each, tabulate.
+
+Every variant is a training method plus settings. `run` trains each one
+(resuming any run already in `runs_dir`), attacks each with the evaluation
+suite (skipping variants whose report exists), and writes a JSON and a
+Markdown table with robustness, masking checks and training cost, plus two
+figures: worst-case robust accuracy against eps for every variant, and the
+`grad_l1` curves over training.
+
+```python
+results = run(MNIST_VARIANTS, dataset="mnist", epochs=10, runs_dir="runs/reproduce",
+              output_dir="results", num_examples=10_000)
+```
+
+A stopped run continues where it stopped: rerun the same call.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+
+import numpy as np
+
+from sq_keras import data
+from sq_keras import evaluation
+from sq_keras import training
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the comparison.
+
+    Attributes:
+        name: Row name and run sub-directory.
+        method: Key of `sq_keras.training.METHODS`.
+        settings: `TrainConfig` overrides.
+        note: What the row is, for the table.
+    """
+
+    name: str
+    method: str
+    settings: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+
+MNIST_VARIANTS = (
+    Variant("natural", "natural", note="clean training, no quantizer"),
+    Variant("noisy", "noisy", note="uniform noise +-eps, no quantizer"),
+    Variant("sq_natural", "sq_natural", note="quantizer, clean images"),
+    Variant("sq_noisy", "sq_noisy", note="the paper's recipe: quantizer K=1 + uniform noise +-eps"),
+    Variant("sq_noisy_sign", "sq_noisy", {"noise": "sign"}, "quantizer + random-sign noise"),
+    Variant("sq_fgsm", "sq_fgsm", note="quantizer + FGSM-RS through the straight-through stand-in"),
+    Variant(
+        "sq_fgsm_half",
+        "sq_fgsm",
+        {"adv_fraction": 0.5, "noise": "sign"},
+        "as sq_fgsm on half of each batch, random-sign noise on the rest",
+    ),
+    Variant("gradnorm", "gradnorm", note="CE + eps ||grad_x CE||_1 by double backpropagation"),
+    Variant("fgsm_rs", "fgsm_rs", note="FGSM-RS adversarial training (Wong et al. 2020)"),
+    Variant("pgd_at", "pgd_at", note="PGD-40 adversarial training (Madry et al. 2018)"),
+)
+VARIANTS = {"mnist": MNIST_VARIANTS}
+REFERENCE = "pgd_at"
+
+
+def _train(variant, *, dataset, epochs, runs_dir, data_dir, seed, policy, train_examples, log):
+    config = training.TrainConfig(
+        dataset=dataset,
+        method=variant.method,
+        epochs=epochs,
+        seed=seed,
+        train_examples=train_examples,
+        model_dir=os.path.join(runs_dir, variant.name),
+        export_dir=None,
+        data_dir=data_dir,
+        mixed_precision=policy,
+        **variant.settings,
+    )
+    log(f"== {variant.name}: training ({variant.method}, {epochs} epochs)")
+    return training.train(config, log=log)
+
+
+def _evaluate(
+    variant,
+    *,
+    runs_dir,
+    dataset,
+    images,
+    labels,
+    attacks,
+    eps_values,
+    settings,
+    source,
+    eval_policy,
+    log,
+):
+    path = os.path.join(runs_dir, variant.name, "evaluation", "report.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    log(f"== {variant.name}: attacking {len(labels)} test images")
+    target = evaluation.load_target(os.path.join(runs_dir, variant.name), policy=eval_policy)
+    report = evaluation.evaluate(
+        target,
+        images,
+        labels,
+        attacks=attacks,
+        eps_values=eps_values,
+        settings=settings,
+        source=source if variant.name != REFERENCE else None,
+        num_classes=data.get_info(dataset).num_classes,
+    )
+    return evaluation.write_report(report, path)
+
+
+def _row(variant, results, history, report, reference):
+    eps = f"{report['eps']:g}"
+    per_epoch = statistics.median(h["seconds"] for h in history) if history else None
+    row = {
+        "name": variant.name,
+        "method": variant.method,
+        "settings": variant.settings,
+        "note": variant.note,
+        "epochs": results["epochs_done"],
+        "seconds_per_epoch": per_epoch,
+        "total_train_seconds": results["total_train_seconds"],
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": {
+            name: entry["results"][eps]["robust_accuracy"]
+            for name, entry in report["attacks"].items()
+            if eps in entry["results"]
+        },
+        "skipped": report.get("skipped", {}),
+        "worst_case_accuracy": report["worst_case_accuracy"],
+        "worst_case_accuracy_by_eps": report["worst_case_accuracy_by_eps"],
+        "failed_checks": [k for k, c in report["checks"].items() if c.get("passed") is False],
+        "num_examples": report["num_examples"],
+        "grad_l1": [h["grad_l1"] for h in history],
+    }
+    if reference and per_epoch:
+        row["speedup_per_epoch_vs_pgd_at"] = reference["seconds_per_epoch"] / per_epoch
+        row["speedup_total_vs_pgd_at"] = (
+            reference["total_train_seconds"] / results["total_train_seconds"]
+        )
+    return row
+
+
+def _markdown(rows, attacks, eps):
+    columns = [a for a in attacks if any(a in r["robust_accuracy"] for r in rows)]
+    head = (
+        ["variant", "clean"]
+        + columns
+        + [
+            "worst case",
+            "failed checks",
+            "s/epoch",
+            "epochs",
+            "train s",
+            "speed-up/epoch vs pgd_at",
+        ]
+    )
+    lines = [
+        f"Robust accuracy (%) at eps = {eps:g} on {rows[0]['num_examples']} test images.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [r["name"], f"{r['clean_accuracy']:.2f}"]
+        cells += [
+            f"{r['robust_accuracy'][a]:.2f}" if a in r["robust_accuracy"] else "-" for a in columns
+        ]
+        speedup = r.get("speedup_per_epoch_vs_pgd_at")
+        cells += [
+            f"{r['worst_case_accuracy']:.2f}",
+            ", ".join(r["failed_checks"]) or "none",
+            f"{r['seconds_per_epoch']:.1f}" if r["seconds_per_epoch"] else "-",
+            str(r["epochs"]),
+            f"{r['total_train_seconds']:.0f}",
+            f"{speedup:.1f}x" if speedup else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Variants:", ""]
+    lines += [
+        f"- `{r['name']}`: {r['note']} (`--method={r['method']}`"
+        + "".join(f" --{k}={v}" for k, v in r["settings"].items())
+        + ")"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(rows, output_dir, dataset):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    files = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        by_eps = sorted((float(e), a) for e, a in r["worst_case_accuracy_by_eps"].items())
+        ax.plot([e for e, _ in by_eps], [a for _, a in by_eps], marker="o", label=r["name"])
+    ax.set_xlabel("eps (l-inf)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    files["sweep"] = os.path.join(output_dir, f"{dataset}_robustness_vs_eps.png")
+    fig.tight_layout()
+    fig.savefig(files["sweep"], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.plot(np.arange(1, len(r["grad_l1"]) + 1), r["grad_l1"], marker=".", label=r["name"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean ||grad_x CE||_1 (clean test batch)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    files["grad_l1"] = os.path.join(output_dir, f"{dataset}_grad_l1.png")
+    fig.tight_layout()
+    fig.savefig(files["grad_l1"], dpi=120)
+    plt.close(fig)
+    return files
+
+
+def run(
+    variants,
+    *,
+    dataset,
+    epochs,
+    runs_dir,
+    output_dir,
+    num_examples,
+    attacks=("strong",),
+    eps_values=(0.3,),
+    settings=None,
+    data_dir=None,
+    seed=0,
+    policy="float32",
+    eval_policy="float32",
+    train_examples=None,
+    log=print,
+):
+    """Trains and attacks every variant, then writes the comparison.
+
+    Args:
+        variants: `Variant`s; one named `pgd_at` is the cost reference and the
+            transfer source for the others (else the first variant is).
+        dataset: Dataset name.
+        epochs: Training epochs of every variant.
+        runs_dir: One run directory per variant; reruns resume.
+        output_dir: Where `<dataset>.json`, `<dataset>.md` and the figures go.
+        num_examples: Test images attacked per variant.
+        attacks: Attack names or presets of `sq_keras.evaluation`.
+        eps_values: Radii; the first is the table's.
+        settings: `evaluation.AttackSettings` of the suite; default PGD-100
+            with 5 restarts (the strongest setting measured in RESEARCH.md).
+        data_dir: Local dataset directory.
+        seed: Training seed of every variant.
+        policy: Training dtype policy (must be the global one).
+        eval_policy: Dtype policy the attacked models are rebuilt in.
+        train_examples: Use only the first N training examples.
+        log: Callable taking one line of progress text.
+
+    Returns:
+        The dict written to `<dataset>.json`.
+    """
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Variant names must be unique. Received: {names}")
+    settings = settings or evaluation.AttackSettings(pgd_steps=100, restarts=5)
+    attack_names = evaluation.resolve_attacks(list(attacks))
+    trained = {}
+    for variant in variants:
+        results = _train(
+            variant,
+            dataset=dataset,
+            epochs=epochs,
+            runs_dir=runs_dir,
+            data_dir=data_dir,
+            seed=seed,
+            policy=policy,
+            train_examples=train_examples,
+            log=log,
+        )
+        with open(os.path.join(runs_dir, variant.name, "history.json")) as f:
+            trained[variant.name] = (results, json.load(f))
+
+    source_name = REFERENCE if REFERENCE in trained else names[0]
+    source = evaluation.load_target(os.path.join(runs_dir, source_name), policy=eval_policy)
+    images, labels = evaluation.load_examples(
+        dataset, "test", num_examples=num_examples, data_dir=data_dir
+    )
+    reports = {
+        v.name: _evaluate(
+            v,
+            runs_dir=runs_dir,
+            dataset=dataset,
+            images=images,
+            labels=labels,
+            attacks=attack_names,
+            eps_values=list(eps_values),
+            settings=settings,
+            source=source,
+            eval_policy=eval_policy,
+            log=log,
+        )
+        for v in variants
+    }
+    reference = None
+    if REFERENCE in trained:
+        ref_results, ref_history = trained[REFERENCE]
+        reference = {
+            "seconds_per_epoch": statistics.median(h["seconds"] for h in ref_history),
+            "total_train_seconds": ref_results["total_train_seconds"],
+        }
+    rows = [_row(v, *trained[v.name], reports[v.name], reference) for v in variants]
+    os.makedirs(output_dir, exist_ok=True)
+    files = _plots(rows, output_dir, dataset)
+    payload = {
+        "dataset": dataset,
+        "epochs": epochs,
+        "seed": seed,
+        "policy": policy,
+        "eps": float(eps_values[0]),
+        "num_examples": len(labels),
+        "transfer_source": source_name,
+        "attack_settings": dataclasses.asdict(settings),
+        "rows": rows,
+        "figures": files,
+    }
+    with open(os.path.join(output_dir, f"{dataset}.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    with open(os.path.join(output_dir, f"{dataset}.md"), "w") as f:
+        f.write(_markdown(rows, attack_names + [evaluation.DOUBLED], float(eps_values[0])))
+    return payload
