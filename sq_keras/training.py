@@ -109,9 +109,7 @@ def _train_step(model, optimizer, compute_loss, strategy):
 
 
 def _cross_entropy(labels, logits):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=tf.cast(logits, tf.float32)
-    )
+    return attacks.cross_entropy_loss(tf.cast(logits, tf.float32), labels)
 
 
 def build_standard_step(model, optimizer, config, strategy):
