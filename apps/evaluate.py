@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from sq_keras import data  # noqa: E402
+from sq_keras import distribute  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import precision  # noqa: E402
 
@@ -72,6 +73,13 @@ _SOURCE_MODEL = flags.DEFINE_string(
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 250, "Examples per attack batch.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the random starts.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "default",
+    list(distribute.STRATEGIES),
+    "default: one device; mirrored: attack batches split over all local GPUs; "
+    "multi_worker (TF_CONFIG) and tpu as in apps.train.",
+)
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
     "float32",
@@ -143,10 +151,19 @@ def main(argv):
     eps_values = _parse_eps(_EPS.value, None)  # Fails fast on bad values.
 
     try:
-        target = evaluation.load_target(_MODEL.value, policy=policy)
-        source = evaluation.load_target(_SOURCE_MODEL.value) if _SOURCE_MODEL.value else None
+        strategy = distribute.make_strategy(_STRATEGY.value)
+        with strategy.scope():
+            target = evaluation.load_target(_MODEL.value, policy=policy)
+            source = evaluation.load_target(_SOURCE_MODEL.value) if _SOURCE_MODEL.value else None
         dataset = _DATASET.value or target.config.get("dataset") or "mnist"
         info = data.get_info(dataset)
+        for name, loaded in (("--model", target), ("--source_model", source)):
+            shape = getattr(loaded, "input_shape", None)
+            if shape is not None and tuple(shape) != tuple(info.image_shape):
+                raise ValueError(
+                    f"{name} takes images of shape {tuple(shape)} but {dataset} images are "
+                    f"{tuple(info.image_shape)}: pass the --dataset the model was trained on."
+                )
         if eps_values == [None]:
             eps_values = [float(target.config.get("eps", info.eps))]
         images, labels = evaluation.load_examples(
@@ -173,6 +190,7 @@ def main(argv):
             batch_size=_BATCH_SIZE.value,
             progress=_PROGRESS.value,
             add_large_eps=_ADD_LARGE_EPS.value,
+            strategy=strategy,
         )
         report.update(
             dataset=dataset,

@@ -124,6 +124,7 @@ class Target:
         keras_model: The `keras.Model`, or None for a SavedModel (no BPDA).
         has_quantizer: Whether the model holds a soft-quantization layer.
         config: The training `config.json` when found beside the model.
+        input_shape: `(H, W, C)` the model takes, when known.
     """
 
     model_fn: object
@@ -131,6 +132,7 @@ class Target:
     keras_model: object = None
     has_quantizer: bool = False
     config: dict = dataclasses.field(default_factory=dict)
+    input_shape: tuple = None
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +182,16 @@ def _saved_model_dir(path):
         return None
 
 
+def _signature_shape(loaded):
+    """`(H, W, C)` of a SavedModel's `serving_default` images, if declared."""
+    try:
+        (spec,) = loaded.signatures["serving_default"].structured_input_signature[1].values()
+        shape = tuple(spec.shape[1:])
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return shape if shape and all(d is not None for d in shape) else None
+
+
 def load_target(path, *, policy="float32"):
     """Loads a model to evaluate.
 
@@ -224,6 +236,7 @@ def load_target(path, *, policy="float32"):
             keras_model=model,
             has_quantizer=attack_lib.has_quantizer(model),
             config=config,
+            input_shape=tuple(model.input_shape[1:]),
         )
     saved_model_dir = _saved_model_dir(path)
     if saved_model_dir is not None:
@@ -243,6 +256,7 @@ def load_target(path, *, policy="float32"):
             keras_model=None,
             has_quantizer=any("threshold" in name or "quantiz" in name for name in names),
             config=config,
+            input_shape=_signature_shape(loaded),
         )
     raise FileNotFoundError(
         f"No model at {path!r}: expected a .keras file, a directory holding "
@@ -377,6 +391,31 @@ def _batch_attack(name, eps, settings, target, source):
     return run
 
 
+def _distributed(run, strategy):
+    """`run(x, y)` with the batch split across the strategy's replicas."""
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return run
+    replicas = strategy.num_replicas_in_sync
+
+    def distributed_run(x, y):
+        x_parts = np.array_split(x.numpy(), replicas)
+        y_parts = np.array_split(y.numpy(), replicas)
+        xs = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(x_parts[ctx.replica_id_in_sync_group])
+        )
+        ys = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(y_parts[ctx.replica_id_in_sync_group])
+        )
+        x_adv, used = strategy.run(run, args=(xs, ys))
+        gather = strategy.experimental_local_results
+        return (
+            tf.concat([tf.identity(t) for t in gather(x_adv)], axis=0),
+            tf.concat([tf.identity(t) for t in gather(used)], axis=0),
+        )
+
+    return distributed_run
+
+
 def _batches(num, batch_size):
     return [(start, min(start + batch_size, num)) for start in range(0, num, batch_size)]
 
@@ -419,8 +458,12 @@ def run_attack(
     batch_size=250,
     progress=True,
     description=None,
+    strategy=None,
 ):
     """Runs one attack of the suite over all examples at one eps.
+
+    With a `tf.distribute` strategy of several replicas, each batch is split
+    across the replicas and attacked under `strategy.run`.
 
     Returns:
         `(adversarial images, predictions on them, queries or None, seconds)`.
@@ -430,7 +473,7 @@ def run_attack(
         start = time.perf_counter()
         predictions = _predict(target.model_fn, images, batch_size)
         return images, predictions, None, time.perf_counter() - start
-    run = _batch_attack(name, eps, settings, target, source)
+    run = _distributed(_batch_attack(name, eps, settings, target, source), strategy)
     predict = tf.function(lambda x: tf.argmax(target.model_fn(x), -1, output_type=tf.int64))
     adversarial, predictions, queries = [], [], []
     start = time.perf_counter()
@@ -490,6 +533,7 @@ def evaluate(
     progress=True,
     add_large_eps=True,
     num_shown=8,
+    strategy=None,
 ):
     """Runs the attack suite and builds the report.
 
@@ -507,6 +551,8 @@ def evaluate(
         progress: Show a progress bar per attack.
         add_large_eps: Append `LARGE_EPS` to the sweep (for the chance check).
         num_shown: Examples kept for the clean-vs-adversarial figure.
+        strategy: Optional `tf.distribute` strategy; attack batches are split
+            across its replicas.
 
     Returns:
         The report dict (JSON-serialisable except the `"_examples"` entry,
@@ -587,6 +633,7 @@ def evaluate(
                     source=source,
                     batch_size=batch_size,
                     progress=progress,
+                    strategy=strategy,
                 ),
             )
 
@@ -607,6 +654,7 @@ def evaluate(
             batch_size=batch_size,
             progress=progress,
             description=DOUBLED,
+            strategy=strategy,
         )
         record(
             DOUBLED,

@@ -50,6 +50,23 @@ class StrategyTest(parameterized.TestCase):
         self.assertGreater(result["max_weight_change"], 1e-4)  # the step did something
         self.assertLess(result["max_weight_diff"], 1e-5)
 
+    def test_mirrored_attacks_match_single_device(self):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), "attack"],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=300,
+            cwd=ROOT,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        single, mirrored = result["default"], result["mirrored"]
+        self.assertEqual(single["fgsm"], mirrored["fgsm"])  # deterministic attack
+        # PGD's random starts differ between a whole batch and its two halves.
+        self.assertAlmostEqual(single["pgd"], mirrored["pgd"], delta=3.0)
+        self.assertLess(single["pgd"], single["fgsm"])  # the attacks did work
+
     def test_two_workers_on_loopback_train_and_agree(self):
         tmp = self.create_tempdir().full_path
         model_dir = os.path.join(tmp, "run")

@@ -131,6 +131,11 @@ class EvaluateAppTest(parameterized.TestCase):
         ("zero_steps", ["--pgd_steps=0"], "--pgd_steps must be a positive integer"),
         ("zero_batch", ["--batch_size=0"], "--batch_size must be a positive integer"),
         ("missing_model", ["--model=/nonexistent/model.keras"], "does not exist"),
+        (
+            "model_for_another_dataset",
+            ["--dataset=cifar10"],
+            "takes images of shape (28, 28, 1) but cifar10 images are (32, 32, 3)",
+        ),
     )
     def test_bad_flags_fail_with_a_clear_message(self, flags, message):
         model = (

@@ -1,7 +1,11 @@
-"""Runs one training step on one device and under MirroredStrategy over 2 logical CPUs.
+"""Compares one device with MirroredStrategy over 2 logical CPUs.
 
-Prints JSON with both losses and the largest weight difference. Run as a
-script (the logical devices must be set before TensorFlow starts).
+`python tests/mirrored_step_probe.py METHOD` runs one training step of METHOD
+both ways and prints JSON with both losses and the largest weight difference;
+`python tests/mirrored_step_probe.py attack` runs FGSM and PGD from
+`sq_keras.evaluation` both ways on a briefly trained model and prints the
+robust accuracies. Run as a script: the logical devices must be set before
+TensorFlow starts.
 """
 
 import json
@@ -44,10 +48,48 @@ def one_step(strategy, images, labels, method):
     return float(loss_sum) / int(n), int(n), after, change
 
 
+def compare_attacks():
+    from sq_keras import evaluation
+
+    raw, labels = data.load_arrays("mnist", "train[:2000]")
+    keras.utils.set_random_seed(0)
+    model = models.build("madry_mnist", input_shape=(28, 28, 1), num_classes=10)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(raw.astype(np.float32) / 255.0, labels, batch_size=100, epochs=1, verbose=0)
+    target = evaluation.Target(
+        model_fn=lambda x: model(x, training=False), path="probe", keras_model=model
+    )
+    images, test_labels = evaluation.load_examples("mnist", "test", num_examples=200)
+    settings = evaluation.AttackSettings(pgd_steps=10)
+    results = {}
+    for name in ("default", "mirrored"):
+        report = evaluation.evaluate(
+            target,
+            images,
+            test_labels,
+            attacks=["fgsm", "pgd"],
+            eps_values=[0.1],
+            settings=settings,
+            num_classes=10,
+            batch_size=100,
+            progress=False,
+            add_large_eps=False,
+            strategy=distribute.make_strategy(name),
+        )
+        results[name] = {
+            attack: entry["results"]["0.1"]["robust_accuracy"]
+            for attack, entry in report["attacks"].items()
+        }
+    print(json.dumps(results))
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     method = sys.argv[1] if len(sys.argv) > 1 else "sq_natural"
+    if method == "attack":
+        compare_attacks()
+        return
     raw, labels = data.load_arrays("mnist", "train[:64]")
     images = raw.astype(np.float32) / 255.0
     single_loss, single_n, single_w, change = one_step(
