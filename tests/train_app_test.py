@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,15 +75,54 @@ class TrainAppTest(parameterized.TestCase):
 
     @parameterized.named_parameters(
         ("unknown_method", ["--method=pgd"], "should be one of .*pgd_at.*sq_noisy"),
-        ("bad_eps", ["--eps=2"], "eps must be in \\[0, 1\\]"),
+        ("unknown_dataset", ["--dataset=imagenet"], "should be one of .*cifar10.*mnist"),
+        ("eps_above_one", ["--eps=2"], "eps must be in \\[0, 1\\]"),
+        ("negative_eps", ["--eps=-0.1"], "eps must be in \\[0, 1\\]"),
+        ("zero_epochs", ["--epochs=0"], "epochs must be >= 1"),
+        ("zero_batch", ["--batch_size=0"], "batch_size must be >= 1"),
+        ("zero_pgd_steps", ["--method=pgd_at", "--pgd_steps=0"], "pgd_steps must be >= 1"),
         ("stray_argument", ["oops"], "Unexpected arguments: oops"),
     )
     def test_bad_flags_fail_with_a_clear_message(self, flags, pattern):
         tmp = self.create_tempdir().full_path
+        start = time.perf_counter()
         proc = run_train(f"--model_dir={tmp}/run", *flags, timeout=120)
         self.assertNotEqual(proc.returncode, 0)
         self.assertRegex(proc.stdout + proc.stderr, pattern)
         self.assertNotIn("Traceback", proc.stderr)
+        self.assertLess(time.perf_counter() - start, 30)  # TF start-up included
+
+    def test_corrupt_data_file_fails_fast(self):
+        tmp = self.create_tempdir().full_path
+        shared = os.path.join(os.environ["SQ_KERAS_DATA_DIR"], "mnist")
+        os.makedirs(os.path.join(tmp, "mnist"))
+        for name in os.listdir(shared):
+            if name.endswith(".gz"):
+                shutil.copy(os.path.join(shared, name), os.path.join(tmp, "mnist"))
+        with open(os.path.join(tmp, "mnist", "train-labels-idx1-ubyte.gz"), "ab") as f:
+            f.write(b"garbage")
+        proc = run_train(f"--model_dir={tmp}/run", f"--data_dir={tmp}", timeout=120)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("Corrupt", proc.stderr)
+        self.assertIn(
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", proc.stderr
+        )
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_model_dir_of_another_run_is_refused_unless_overwrite(self):
+        tmp = self.create_tempdir().full_path
+        common = [
+            f"--model_dir={tmp}/run",
+            f"--export_dir={tmp}/export",
+            "--epochs=1",
+            "--train_examples=200",
+        ]
+        self.assertEqual(run_train(*common, "--method=natural").returncode, 0)
+        proc = run_train(*common, "--method=noisy")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("holds a run with a different configuration", proc.stderr)
+        self.assertIn("--overwrite", proc.stderr)
+        self.assertEqual(run_train(*common, "--method=noisy", "--overwrite").returncode, 0)
 
     def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(self):
         tmp = self.create_tempdir().full_path
