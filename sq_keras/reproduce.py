@@ -198,33 +198,35 @@ def _plots(rows, output_dir, dataset):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    files = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    def figure(name, xlabel, ylabel, curves, log_y=False):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, xs, ys, marker in curves:
+            ax.plot(xs, ys, marker=marker, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        path = os.path.join(output_dir, f"{dataset}_{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    sweeps = []
     for r in rows:
         by_eps = sorted((float(e), a) for e, a in r["worst_case_accuracy_by_eps"].items())
-        ax.plot([e for e, _ in by_eps], [a for _, a in by_eps], marker="o", label=r["name"])
-    ax.set_xlabel("eps (l-inf)")
-    ax.set_ylabel("worst-case robust accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    files["sweep"] = os.path.join(output_dir, f"{dataset}_robustness_vs_eps.png")
-    fig.tight_layout()
-    fig.savefig(files["sweep"], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.plot(np.arange(1, len(r["grad_l1"]) + 1), r["grad_l1"], marker=".", label=r["name"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean ||grad_x CE||_1 (clean test batch)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    files["grad_l1"] = os.path.join(output_dir, f"{dataset}_grad_l1.png")
-    fig.tight_layout()
-    fig.savefig(files["grad_l1"], dpi=120)
-    plt.close(fig)
-    return files
+        sweeps.append((r["name"], [e for e, _ in by_eps], [a for _, a in by_eps], "o"))
+    grads = [(r["name"], np.arange(1, len(r["grad_l1"]) + 1), r["grad_l1"], ".") for r in rows]
+    return {
+        "sweep": figure(
+            "robustness_vs_eps", "eps (l-inf)", "worst-case robust accuracy (%)", sweeps
+        ),
+        "grad_l1": figure(
+            "grad_l1", "epoch", "mean ||grad_x CE||_1 (clean test batch)", grads, log_y=True
+        ),
+    }
 
 
 def run(

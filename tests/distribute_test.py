@@ -33,9 +33,10 @@ def _free_ports(n):
 
 
 class StrategyTest(parameterized.TestCase):
-    def test_mirrored_step_equals_single_device_step(self):
+    def _probe(self, *args):
+        """Runs tests/mirrored_step_probe.py and returns the JSON it prints."""
         proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py")],
+            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), *args],
             capture_output=True,
             text=True,
             env=_env(),
@@ -43,7 +44,10 @@ class StrategyTest(parameterized.TestCase):
             cwd=ROOT,
         )
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def test_mirrored_step_equals_single_device_step(self):
+        result = self._probe()
         self.assertEqual(result["replicas"], 2)
         self.assertEqual(result["examples"], [64, 64])
         self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
@@ -51,16 +55,7 @@ class StrategyTest(parameterized.TestCase):
         self.assertLess(result["max_weight_diff"], 1e-5)
 
     def test_mirrored_attacks_match_single_device(self):
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), "attack"],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=300,
-            cwd=ROOT,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = self._probe("attack")
         single, mirrored = result["default"], result["mirrored"]
         self.assertEqual(single["fgsm"], mirrored["fgsm"])  # deterministic attack
         # PGD's random starts differ between a whole batch and its two halves.
