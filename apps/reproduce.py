@@ -41,6 +41,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Training and attack seed.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "One run directory per variant.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results", "Where the table and figures go.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Local dataset directory.")
+_TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Train the variants, attack nothing.")
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Training dtype policy."
 )
@@ -78,9 +79,13 @@ def main(argv):
             seed=_SEED.value,
             policy=policy,
             train_examples=_TRAIN_EXAMPLES.value,
+            train_only=_TRAIN_ONLY.value,
         )
     except (ValueError, data.DataError, training.TrainingError) as e:
         raise SystemExit(f"Error: {e}") from None
+    if payload is None:
+        print(f"Trained {', '.join(names)} in {_RUNS_DIR.value}.")
+        return
     print(f"Wrote {os.path.join(_OUTPUT_DIR.value, payload['dataset'])}.json/.md and figures.")
 
 

@@ -76,6 +76,9 @@ def _train(variant, *, dataset, epochs, runs_dir, data_dir, seed, policy, train_
         export_dir=None,
         data_dir=data_dir,
         mixed_precision=policy,
+        # The reference's robustness after each epoch sets the speed-up to
+        # reach a given robustness.
+        keep_epoch_weights=variant.name == REFERENCE,
         **variant.settings,
     )
     log(f"== {variant.name}: training ({variant.method}, {epochs} epochs)")
@@ -245,6 +248,7 @@ def run(
     policy="float32",
     eval_policy="float32",
     train_examples=None,
+    train_only=False,
     log=print,
 ):
     """Trains and attacks every variant, then writes the comparison.
@@ -266,6 +270,7 @@ def run(
         policy: Training dtype policy (must be the global one).
         eval_policy: Dtype policy the attacked models are rebuilt in.
         train_examples: Use only the first N training examples.
+        train_only: Stop after training (returns None).
         log: Callable taking one line of progress text.
 
     Returns:
@@ -291,6 +296,8 @@ def run(
         )
         with open(os.path.join(runs_dir, variant.name, "history.json")) as f:
             trained[variant.name] = (results, json.load(f))
+    if train_only:
+        return None
 
     source_name = REFERENCE if REFERENCE in trained else names[0]
     source = evaluation.load_target(os.path.join(runs_dir, source_name), policy=eval_policy)

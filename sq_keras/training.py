@@ -279,6 +279,9 @@ class TrainConfig:
         init_weights: Weights file for the model's pretrained part (see
             `sq_keras.models.build`), e.g. ImageNet weights of ResNet50.
         overwrite: Start afresh if `model_dir` holds a different run.
+        keep_epoch_weights: Also save the weights after every epoch as
+            `<model_dir>/epochs/epoch_<NNN>.weights.h5` (e.g. to measure how
+            robustness grows during training).
     """
 
     dataset: str = "mnist"
@@ -315,6 +318,7 @@ class TrainConfig:
     eval_examples: int = None
     init_weights: str = None
     overwrite: bool = False
+    keep_epoch_weights: bool = False
 
     def resolved(self):
         """Returns a copy with dataset defaults filled in, after validation."""
@@ -407,6 +411,7 @@ _RESUME_FREE_KEYS = (
     "overwrite",
     "environment",
     "strategy",
+    "keep_epoch_weights",
 )
 
 
@@ -477,6 +482,19 @@ def _prepare_model_dir(config):
         _write_json(path, record)
     except OSError as e:
         raise TrainingError(f"Cannot write to --model_dir {config.model_dir}: {e}") from e
+
+
+def epoch_weights_path(model_dir, epoch):
+    """Where `keep_epoch_weights` puts the weights after `epoch` (1-based)."""
+    return os.path.join(model_dir, "epochs", f"epoch_{epoch:03d}.weights.h5")
+
+
+def _save_epoch_weights(model, model_dir, epoch):
+    path = epoch_weights_path(model_dir, epoch)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp_path = os.path.join(os.path.dirname(path), ".tmp.weights.h5")
+    model.save_weights(tmp_path)
+    os.replace(tmp_path, path)
 
 
 def _check_writable_parent(path, what):
@@ -856,6 +874,8 @@ def train(config, *, log=_log, strategy=None):
         history.append(record)
         if chief:
             _write_json(history_path, history)
+        if chief and config.keep_epoch_weights:
+            _save_epoch_weights(model, config.model_dir, epoch + 1)
         epoch_var.assign(epoch + 1)
         save_manager.save(checkpoint_number=epoch + 1)
         log(
