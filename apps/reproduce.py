@@ -32,6 +32,17 @@ _VARIANTS = flags.DEFINE_list(
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs of every variant.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", None, "Use the first N training examples.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 10_000, "Test images attacked per variant.")
+_HOLDOUT_EXAMPLES = flags.DEFINE_integer(
+    "holdout_examples",
+    0,
+    "With --train_examples: attack the candidate recipes on this many held-out training "
+    "images (those after the first --train_examples) and select the best one.",
+)
+_CURVE_EXAMPLES = flags.DEFINE_integer(
+    "curve_examples",
+    None,
+    "Test images scoring pgd_at after each epoch (default --num_examples; 0 skips).",
+)
 _ATTACKS = flags.DEFINE_list("attacks", ["strong"], "Attacks or presets of apps.evaluate.")
 _EPS = flags.DEFINE_list("eps", ["0.3"], "Radii of the sweep; the first is the table's.")
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", 100, "Steps of PGD-type attacks.")
@@ -79,6 +90,8 @@ def main(argv):
             seed=_SEED.value,
             policy=policy,
             train_examples=_TRAIN_EXAMPLES.value,
+            holdout_examples=_HOLDOUT_EXAMPLES.value,
+            curve_examples=_CURVE_EXAMPLES.value,
             train_only=_TRAIN_ONLY.value,
         )
     except (ValueError, data.DataError, training.TrainingError) as e:

@@ -254,7 +254,9 @@ def pgd(
     Attacks": from a uniform random start in the eps-ball, repeat
     `x <- clip(proj_eps(x + step_size * sign(grad_x L(x, y))))`. Each restart
     draws a new start; per example the most damaging point visited over all
-    steps and restarts is returned.
+    steps and restarts is returned. Restarts after the first only attack the
+    examples that are still classified correctly (a misclassified point is
+    already the most damaging kind), which makes restarts cheap on weak models.
 
     Args:
         model_fn: Callable mapping images to logits.
@@ -289,21 +291,39 @@ def pgd(
         raise ValueError(f"`step_size` must be > 0. Received: step_size={step_size}")
     loss_fn = _loss_fn(loss)
     x, y = _inputs(x, y)
-    best = _initial_best(x)
-    for restart in range(restarts):
-        x_adv = x
-        if random_start or restart > 0:
-            noise = _uniform_ball(x, eps, _seed(seed, restart))
-            x_adv = _project(x + noise, x, eps, clip_min, clip_max)
+
+    def one_restart(x, y, start, best):
+        x_adv = start
         for _ in tf.range(num_steps):
             losses, fooled, gradient = _loss_and_gradient(model_fn, x_adv, y, loss_fn)
             if keep_most_damaging:
                 best = _keep_most_damaging(best, (x_adv, fooled, losses))
             x_adv = _project(x_adv + step_size * tf.sign(gradient), x, eps, clip_min, clip_max)
-        if restarts == 1 and not keep_most_damaging:
-            return tf.stop_gradient(x_adv)
-        losses, fooled = _loss_and_fooled(model_fn, x_adv, y, loss_fn)
-        best = _keep_most_damaging(best, (x_adv, fooled, losses))
+        return x_adv, best
+
+    best = _initial_best(x)
+    for restart in range(restarts):
+        start = x
+        if random_start or restart > 0:
+            noise = _uniform_ball(x, eps, _seed(seed, restart))
+            start = _project(x + noise, x, eps, clip_min, clip_max)
+        if restart == 0:
+            x_adv, best = one_restart(x, y, start, best)
+            if restarts == 1 and not keep_most_damaging:
+                return tf.stop_gradient(x_adv)
+            losses, fooled = _loss_and_fooled(model_fn, x_adv, y, loss_fn)
+            best = _keep_most_damaging(best, (x_adv, fooled, losses))
+            continue
+        # Later restarts only attack the examples no restart has fooled yet;
+        # every example keeps its own random start, so the result does not
+        # depend on which other examples share the batch.
+        index = tf.where(~best[1])
+        pick = lambda t: tf.gather_nd(t, index)  # noqa: E731
+        x_sub, y_sub = pick(x), pick(y)
+        x_adv, best_sub = one_restart(x_sub, y_sub, pick(start), tuple(map(pick, best)))
+        losses, fooled = _loss_and_fooled(model_fn, x_adv, y_sub, loss_fn)
+        best_sub = _keep_most_damaging(best_sub, (x_adv, fooled, losses))
+        best = tuple(tf.tensor_scatter_nd_update(b, index, s) for b, s in zip(best, best_sub))
     return tf.stop_gradient(best[0])
 
 

@@ -36,26 +36,45 @@ class Variant:
         method: Key of `sq_keras.training.METHODS`.
         settings: `TrainConfig` overrides.
         note: What the row is, for the table.
+        candidate: A cheap recipe competing in the held-out selection.
     """
 
     name: str
     method: str
     settings: dict = dataclasses.field(default_factory=dict)
     note: str = ""
+    candidate: bool = False
 
 
 MNIST_VARIANTS = (
     Variant("natural", "natural", note="clean training, no quantizer"),
     Variant("noisy", "noisy", note="uniform noise +-eps, no quantizer"),
     Variant("sq_natural", "sq_natural", note="quantizer, clean images"),
-    Variant("sq_noisy", "sq_noisy", note="the paper's recipe: quantizer K=1 + uniform noise +-eps"),
-    Variant("sq_noisy_sign", "sq_noisy", {"noise": "sign"}, "quantizer + random-sign noise"),
-    Variant("sq_fgsm", "sq_fgsm", note="quantizer + FGSM-RS through the straight-through stand-in"),
+    Variant(
+        "sq_noisy",
+        "sq_noisy",
+        note="the paper's recipe: quantizer K=1 + uniform noise +-eps",
+        candidate=True,
+    ),
+    Variant(
+        "sq_noisy_sign",
+        "sq_noisy",
+        {"noise": "sign"},
+        "quantizer + random-sign noise",
+        candidate=True,
+    ),
+    Variant(
+        "sq_fgsm",
+        "sq_fgsm",
+        note="quantizer + FGSM-RS through the straight-through stand-in",
+        candidate=True,
+    ),
     Variant(
         "sq_fgsm_half",
         "sq_fgsm",
         {"adv_fraction": 0.5, "noise": "sign"},
         "as sq_fgsm on half of each batch, random-sign noise on the rest",
+        candidate=True,
     ),
     Variant("gradnorm", "gradnorm", note="CE + eps ||grad_x CE||_1 by double backpropagation"),
     Variant("fgsm_rs", "fgsm_rs", note="FGSM-RS adversarial training (Wong et al. 2020)"),
@@ -63,6 +82,9 @@ MNIST_VARIANTS = (
 )
 VARIANTS = {"mnist": MNIST_VARIANTS}
 REFERENCE = "pgd_at"
+# Attacks scoring the reference after every epoch: strong on a model without
+# masked gradients, and far cheaper than the whole suite.
+CURVE_ATTACKS = ("apgd_ce", "apgd_dlr")
 
 
 def _train(variant, *, dataset, epochs, runs_dir, data_dir, seed, policy, train_examples, log):
@@ -98,12 +120,15 @@ def _evaluate(
     source,
     eval_policy,
     log,
+    filename="report.json",
+    split="test",
+    add_large_eps=True,
 ):
-    path = os.path.join(runs_dir, variant.name, "evaluation", "report.json")
+    path = os.path.join(runs_dir, variant.name, "evaluation", filename)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    log(f"== {variant.name}: attacking {len(labels)} test images")
+    log(f"== {variant.name}: attacking {len(labels)} {split} images")
     target = evaluation.load_target(os.path.join(runs_dir, variant.name), policy=eval_policy)
     report = evaluation.evaluate(
         target,
@@ -114,11 +139,72 @@ def _evaluate(
         settings=settings,
         source=source if variant.name != REFERENCE else None,
         num_classes=data.get_info(dataset).num_classes,
+        add_large_eps=add_large_eps,
     )
+    report["split"] = split
     return evaluation.write_report(report, path)
 
 
-def _row(variant, results, history, report, reference):
+def _reference_curve(*, runs_dir, dataset, images, labels, eps, settings, eval_policy, log):
+    """Robust accuracy of the reference after each epoch, with training time.
+
+    Scored with `CURVE_ATTACKS` on the weights `keep_epoch_weights` saved.
+    """
+    run_dir = os.path.join(runs_dir, REFERENCE)
+    path = os.path.join(run_dir, "evaluation", "curve.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    with open(os.path.join(run_dir, "history.json")) as f:
+        history = json.load(f)
+    log(f"== {REFERENCE}: robustness after each of {len(history)} epochs")
+    target = evaluation.load_target(run_dir, policy=eval_policy)
+    points, elapsed = [], 0.0
+    for record in history:
+        elapsed += record["seconds"]
+        weights = training.epoch_weights_path(run_dir, record["epoch"])
+        if not os.path.exists(weights):
+            raise ValueError(
+                f"{weights} is missing: the {REFERENCE} run was trained without "
+                "keep_epoch_weights. Retrain it in a fresh runs directory."
+            )
+        target.keras_model.load_weights(weights)
+        report = evaluation.evaluate(
+            target,
+            images,
+            labels,
+            attacks=list(CURVE_ATTACKS),
+            eps_values=[eps],
+            settings=settings,
+            num_classes=data.get_info(dataset).num_classes,
+            add_large_eps=False,
+            progress=False,
+        )
+        points.append(
+            {
+                "epoch": record["epoch"],
+                "train_seconds": elapsed,
+                "clean_accuracy": report["clean_accuracy"],
+                "robust_accuracy": report["worst_case_accuracy"],
+            }
+        )
+        log(f"  epoch {record['epoch']}: robust accuracy {points[-1]['robust_accuracy']:.2f}")
+    curve = {"attacks": list(CURVE_ATTACKS), "eps": eps, "points": points}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(curve, f, indent=2)
+    return curve
+
+
+def seconds_to_reach(curve, accuracy):
+    """Training seconds after which `curve` first reaches `accuracy` (or None)."""
+    for point in curve["points"]:
+        if point["robust_accuracy"] >= accuracy:
+            return point["train_seconds"]
+    return None
+
+
+def _row(variant, results, history, report, reference, holdout=None, curve=None):
     eps = f"{report['eps']:g}"
     per_epoch = statistics.median(h["seconds"] for h in history) if history else None
     row = {
@@ -142,26 +228,44 @@ def _row(variant, results, history, report, reference):
         "num_examples": report["num_examples"],
         "grad_l1": [h["grad_l1"] for h in history],
     }
+    if holdout is not None:
+        row["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
+        row["holdout_clean_accuracy"] = holdout["clean_accuracy"]
     if reference and per_epoch:
         row["speedup_per_epoch_vs_pgd_at"] = reference["seconds_per_epoch"] / per_epoch
         row["speedup_total_vs_pgd_at"] = (
             reference["total_train_seconds"] / results["total_train_seconds"]
         )
+    if curve is not None:
+        # How long the reference trains until the attacks of the curve leave
+        # it as robust as this variant is under the whole suite.
+        reach = seconds_to_reach(curve, report["worst_case_accuracy"])
+        row["pgd_at_seconds_to_reach"] = reach
+        row["speedup_to_reach_vs_pgd_at"] = (
+            reach / results["total_train_seconds"] if reach is not None else None
+        )
     return row
 
 
-def _markdown(rows, attacks, eps):
+def _fmt(value, pattern="{:.2f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def _markdown(rows, attacks, eps, selection=None, curve=None):
     columns = [a for a in attacks if any(a in r["robust_accuracy"] for r in rows)]
+    holdout = any("holdout_worst_case_accuracy" in r for r in rows)
     head = (
         ["variant", "clean"]
         + columns
+        + ["worst case"]
+        + (["held-out worst case"] if holdout else [])
         + [
-            "worst case",
             "failed checks",
             "s/epoch",
             "epochs",
             "train s",
             "speed-up/epoch vs pgd_at",
+            "speed-up to its robustness vs pgd_at",
         ]
     )
     lines = [
@@ -172,19 +276,42 @@ def _markdown(rows, attacks, eps):
     ]
     for r in rows:
         cells = [r["name"], f"{r['clean_accuracy']:.2f}"]
+        cells += [_fmt(r["robust_accuracy"].get(a)) for a in columns]
+        cells.append(f"{r['worst_case_accuracy']:.2f}")
+        if holdout:
+            cells.append(_fmt(r.get("holdout_worst_case_accuracy")))
+        reach = r.get("speedup_to_reach_vs_pgd_at", "absent")
+        if reach is None:
+            reach = "pgd_at never as robust"
+        elif reach != "absent":
+            reach = f"{reach:.1f}x"
+        else:
+            reach = "-"
         cells += [
-            f"{r['robust_accuracy'][a]:.2f}" if a in r["robust_accuracy"] else "-" for a in columns
-        ]
-        speedup = r.get("speedup_per_epoch_vs_pgd_at")
-        cells += [
-            f"{r['worst_case_accuracy']:.2f}",
             ", ".join(r["failed_checks"]) or "none",
-            f"{r['seconds_per_epoch']:.1f}" if r["seconds_per_epoch"] else "-",
+            _fmt(r["seconds_per_epoch"], "{:.1f}"),
             str(r["epochs"]),
             f"{r['total_train_seconds']:.0f}",
-            f"{speedup:.1f}x" if speedup else "-",
+            _fmt(r.get("speedup_per_epoch_vs_pgd_at"), "{:.1f}x"),
+            reach,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if selection:
+        lines += [
+            "",
+            f"Recipe selection: worst case over the suite on {selection['num_examples']} "
+            f"held-out training images (`{selection['split']}`, never trained on); "
+            f"selected: `{selection['selected']}`.",
+        ]
+    if curve:
+        points = ", ".join(f"{p['epoch']}: {p['robust_accuracy']:.1f}" for p in curve["points"])
+        lines += [
+            "",
+            f"`{REFERENCE}` robust accuracy after each epoch ({' + '.join(curve['attacks'])}, "
+            f"worst case, same test images): {points}. The speed-up to a variant's "
+            f"robustness is the training time `{REFERENCE}` needs to first reach the "
+            "variant's worst case, over the variant's training time.",
+        ]
     lines += ["", "Variants:", ""]
     lines += [
         f"- `{r['name']}`: {r['note']} (`--method={r['method']}`"
@@ -248,6 +375,8 @@ def run(
     policy="float32",
     eval_policy="float32",
     train_examples=None,
+    holdout_examples=0,
+    curve_examples=None,
     train_only=False,
     log=print,
 ):
@@ -270,6 +399,12 @@ def run(
         policy: Training dtype policy (must be the global one).
         eval_policy: Dtype policy the attacked models are rebuilt in.
         train_examples: Use only the first N training examples.
+        holdout_examples: With `train_examples`, also attack the candidate
+            variants on this many training images after the first
+            `train_examples` (never trained on) and select the candidate
+            with the best worst case there.
+        curve_examples: Test images scoring the reference after each epoch
+            (default: `num_examples`); 0 skips the curve.
         train_only: Stop after training (returns None).
         log: Callable taking one line of progress text.
 
@@ -279,6 +414,11 @@ def run(
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"Variant names must be unique. Received: {names}")
+    if holdout_examples and train_examples is None:
+        raise ValueError(
+            "`holdout_examples` needs `train_examples`: the held-out images are the "
+            "training images after the first `train_examples`."
+        )
     settings = settings or evaluation.AttackSettings(pgd_steps=100, restarts=5)
     attack_names = evaluation.resolve_attacks(list(attacks))
     trained = {}
@@ -304,6 +444,36 @@ def run(
     images, labels = evaluation.load_examples(
         dataset, "test", num_examples=num_examples, data_dir=data_dir
     )
+    selection = None
+    holdouts = {}
+    candidates = [v for v in variants if v.candidate]
+    if holdout_examples and candidates:
+        split = f"train[{train_examples}:{train_examples + holdout_examples}]"
+        held_images, held_labels = evaluation.load_examples(dataset, split, data_dir=data_dir)
+        for v in candidates:
+            holdouts[v.name] = _evaluate(
+                v,
+                runs_dir=runs_dir,
+                dataset=dataset,
+                images=held_images,
+                labels=held_labels,
+                attacks=attack_names,
+                eps_values=[eps_values[0]],
+                settings=settings,
+                source=source,
+                eval_policy=eval_policy,
+                log=log,
+                filename="holdout_report.json",
+                split=split,
+                add_large_eps=False,
+            )
+        ranked = sorted(holdouts, key=lambda n: holdouts[n]["worst_case_accuracy"], reverse=True)
+        selection = {
+            "split": split,
+            "num_examples": len(held_labels),
+            "worst_case_accuracy": {n: holdouts[n]["worst_case_accuracy"] for n in ranked},
+            "selected": ranked[0],
+        }
     reports = {
         v.name: _evaluate(
             v,
@@ -320,14 +490,36 @@ def run(
         )
         for v in variants
     }
-    reference = None
+    reference = curve = None
     if REFERENCE in trained:
         ref_results, ref_history = trained[REFERENCE]
         reference = {
             "seconds_per_epoch": statistics.median(h["seconds"] for h in ref_history),
             "total_train_seconds": ref_results["total_train_seconds"],
         }
-    rows = [_row(v, *trained[v.name], reports[v.name], reference) for v in variants]
+        if curve_examples is None or curve_examples > 0:
+            count = num_examples if curve_examples is None else curve_examples
+            curve = _reference_curve(
+                runs_dir=runs_dir,
+                dataset=dataset,
+                images=images[:count],
+                labels=labels[:count],
+                eps=float(eps_values[0]),
+                settings=settings,
+                eval_policy=eval_policy,
+                log=log,
+            )
+    rows = [
+        _row(
+            v,
+            *trained[v.name],
+            reports[v.name],
+            reference,
+            holdout=holdouts.get(v.name),
+            curve=curve,
+        )
+        for v in variants
+    ]
     os.makedirs(output_dir, exist_ok=True)
     files = _plots(rows, output_dir, dataset)
     payload = {
@@ -339,11 +531,22 @@ def run(
         "num_examples": len(labels),
         "transfer_source": source_name,
         "attack_settings": dataclasses.asdict(settings),
+        "train_examples": train_examples,
+        "selection": selection,
+        "reference_curve": curve,
         "rows": rows,
         "figures": files,
     }
     with open(os.path.join(output_dir, f"{dataset}.json"), "w") as f:
         json.dump(payload, f, indent=2)
     with open(os.path.join(output_dir, f"{dataset}.md"), "w") as f:
-        f.write(_markdown(rows, attack_names + [evaluation.DOUBLED], float(eps_values[0])))
+        f.write(
+            _markdown(
+                rows,
+                attack_names + [evaluation.DOUBLED],
+                float(eps_values[0]),
+                selection=selection,
+                curve=curve,
+            )
+        )
     return payload

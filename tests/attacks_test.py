@@ -204,6 +204,18 @@ class PropertyTest(parameterized.TestCase):
         self.assertTrue(np.all(fooled_four[fooled_one]))
         self.assertGreaterEqual(fooled_four.sum(), fooled_one.sum())
 
+    def test_restarts_attack_each_example_alike_in_any_batch(self):
+        # Later restarts only run on the examples still classified correctly;
+        # an example's result must not depend on the rest of its batch.
+        model_fn = model_fn_of(trained_model("natural"))
+        x, y = eval_data(60)
+        kwargs = {"eps": 0.05, "step_size": 0.0125, "num_steps": 4, "restarts": 3, "seed": 4}
+        whole = run(attacks.pgd, model_fn, **kwargs)(x, y).numpy()
+        part = run(attacks.pgd, model_fn, **kwargs)(x[:25], y[:25]).numpy()
+        np.testing.assert_allclose(whole[:25], part, atol=1e-6)
+        fooled = self._fooled(model_fn, whole, y)
+        self.assertTrue(0 < fooled.sum() < len(y), fooled.sum())
+
     def test_most_damaging_point_beats_last_iterate(self):
         model_fn = model_fn_of(trained_model("natural"))
         x, y = eval_data()

@@ -15,19 +15,23 @@ class ReproduceTest(parameterized.TestCase):
         root = self.create_tempdir().full_path
         runs, out = os.path.join(root, "runs"), os.path.join(root, "results")
         variants = [
-            reproduce.Variant("natural", "natural", note="clean"),
-            reproduce.Variant("sq_noisy_sign", "sq_noisy", {"noise": "sign"}, "quantizer"),
+            reproduce.Variant("natural", "natural", note="clean", candidate=True),
+            reproduce.Variant(
+                "sq_noisy_sign", "sq_noisy", {"noise": "sign"}, "quantizer", candidate=True
+            ),
             reproduce.Variant("pgd_at", "pgd_at", {"pgd_steps": 3, "pgd_step_size": 0.1}, "AT"),
         ]
         kwargs = dict(
             dataset="mnist",
-            epochs=1,
+            epochs=2,
             runs_dir=runs,
             output_dir=out,
             num_examples=40,
             attacks=("fgsm", "pgd", "bpda_identity", "transfer"),
             settings=evaluation.AttackSettings(pgd_steps=5),
             train_examples=600,
+            holdout_examples=40,
+            curve_examples=20,
             log=lambda line: None,
         )
         payload = reproduce.run(variants, **kwargs)
@@ -45,9 +49,40 @@ class ReproduceTest(parameterized.TestCase):
         self.assertAlmostEqual(rows["pgd_at"]["speedup_per_epoch_vs_pgd_at"], 1.0)
         # PGD-3 adversarial training costs more per epoch than natural training.
         self.assertGreater(rows["natural"]["speedup_per_epoch_vs_pgd_at"], 1.5)
+
+        # Candidates are ranked on held-out training images, never the test set.
+        selection = payload["selection"]
+        self.assertEqual(selection["split"], "train[600:640]")
+        self.assertEqual(selection["num_examples"], 40)
+        held = selection["worst_case_accuracy"]
+        self.assertEqual(set(held), {"natural", "sq_noisy_sign"})
+        self.assertEqual(held[selection["selected"]], max(held.values()))
+        self.assertEqual(rows["natural"]["holdout_worst_case_accuracy"], held["natural"])
+        self.assertNotIn("holdout_worst_case_accuracy", rows["pgd_at"])
+        with open(os.path.join(runs, "natural", "evaluation", "holdout_report.json")) as f:
+            self.assertEqual(json.load(f)["split"], "train[600:640]")
+
+        # The reference is scored after each epoch from its saved weights.
+        curve = payload["reference_curve"]
+        self.assertEqual([p["epoch"] for p in curve["points"]], [1, 2])
+        seconds = [p["train_seconds"] for p in curve["points"]]
+        self.assertLess(seconds[0], seconds[1])
+        self.assertAlmostEqual(seconds[1], rows["pgd_at"]["total_train_seconds"], places=6)
+        self.assertTrue(os.path.exists(os.path.join(runs, "pgd_at", "epochs")))
+        self.assertFalse(os.path.exists(os.path.join(runs, "natural", "epochs")))
+        for r in rows.values():
+            reach = reproduce.seconds_to_reach(curve, r["worst_case_accuracy"])
+            self.assertEqual(r["pgd_at_seconds_to_reach"], reach)
+            if reach is not None:
+                self.assertAlmostEqual(
+                    r["speedup_to_reach_vs_pgd_at"], reach / r["total_train_seconds"]
+                )
+
         with open(os.path.join(out, "mnist.md")) as f:
             table = f.read()
         self.assertIn("| sq_noisy_sign |", table)
+        self.assertIn("held-out worst case", table)
+        self.assertIn(f"selected: `{selection['selected']}`", table)
         for figure in payload["figures"].values():
             self.assertGreater(os.path.getsize(figure), 1000)
 
@@ -61,6 +96,30 @@ class ReproduceTest(parameterized.TestCase):
         self.assertEqual(os.path.getmtime(report), stamp)
         with open(os.path.join(out, "mnist.json")) as f:
             self.assertEqual(json.load(f)["rows"], json.loads(json.dumps(again["rows"])))
+
+    def test_seconds_to_reach(self):
+        curve = {
+            "points": [
+                {"epoch": 1, "train_seconds": 10.0, "robust_accuracy": 50.0},
+                {"epoch": 2, "train_seconds": 20.0, "robust_accuracy": 80.0},
+                {"epoch": 3, "train_seconds": 30.0, "robust_accuracy": 79.0},
+            ]
+        }
+        self.assertEqual(reproduce.seconds_to_reach(curve, 40.0), 10.0)
+        self.assertEqual(reproduce.seconds_to_reach(curve, 79.5), 20.0)
+        self.assertIsNone(reproduce.seconds_to_reach(curve, 80.5))
+
+    def test_holdout_needs_train_examples(self):
+        with self.assertRaisesRegex(ValueError, "train_examples"):
+            reproduce.run(
+                [reproduce.Variant("a", "natural", candidate=True)],
+                dataset="mnist",
+                epochs=1,
+                runs_dir="x",
+                output_dir="y",
+                num_examples=1,
+                holdout_examples=10,
+            )
 
     def test_duplicate_names_are_refused(self):
         v = reproduce.Variant("a", "natural")
