@@ -22,7 +22,6 @@ use --pgd_steps=10 for CIFAR-10's usual PGD-10).
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -30,17 +29,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from sq_keras import data  # noqa: E402
-from sq_keras import distribute  # noqa: E402
-from sq_keras import models  # noqa: E402
 from sq_keras import precision  # noqa: E402
+from sq_keras import throughput  # noqa: E402
 from sq_keras import training  # noqa: E402
 
 _DATASET = flags.DEFINE_enum("dataset", "mnist", sorted(data.DATASETS), "Dataset shape/model.")
@@ -55,37 +51,6 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Dtype policy."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
-
-
-def _build_step(method, info, config):
-    keras.utils.set_random_seed(0)
-    quantizer = None
-    if training.METHODS[method].quantizer:
-        quantizer = {"num_thresholds": config.num_thresholds, "alpha": config.alpha_end}
-    model = models.build(
-        config.model,
-        input_shape=info.image_shape,
-        num_classes=info.num_classes,
-        soft_quantization=quantizer,
-    )
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    if config.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    strategy = distribute.make_strategy("default")
-    return training.STEP_BUILDERS[training.METHODS[method].step](model, optimizer, config, strategy)
-
-
-def _noise_fn(config):
-    """The noise stage's per-batch work, compiled as tf.data would run it."""
-
-    @tf.function
-    def noisy(images, seed):
-        return data.noise_batch(
-            images, kind=config.noise, scale=config.noise_scale, seed=tf.stack([seed, 0])
-        )
-
-    return noisy
 
 
 def _cpu_model():
@@ -104,48 +69,26 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     policy = precision.set_policy(_MIXED_PRECISION.value)
-    info = data.get_info(_DATASET.value)
     unknown = [m for m in _METHODS.value if m not in training.METHODS]
     if unknown:
         raise app.UsageError(f"Unknown methods {unknown}. Valid: {sorted(training.METHODS)}")
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.random((_BATCH_SIZE.value, *info.image_shape), dtype=np.float32))
-    labels = tf.constant(rng.integers(0, info.num_classes, _BATCH_SIZE.value), tf.int64)
     overrides = {} if _PGD_STEPS.value is None else {"pgd_steps": _PGD_STEPS.value}
-    config = training.TrainConfig(
-        dataset=_DATASET.value, mixed_precision=policy, **overrides
-    ).resolved()
+    configs = {
+        method: training.TrainConfig(
+            dataset=_DATASET.value, method=method, mixed_precision=policy, **overrides
+        )
+        for method in _METHODS.value
+    }
+    config = configs[_METHODS.value[0]].resolved()
+    timed = throughput.time_train_steps(
+        configs,
+        batch_size=_BATCH_SIZE.value,
+        steps=_STEPS.value,
+        repeats=_REPEATS.value,
+        log=lambda line: print(line, flush=True),
+    )
 
-    noise = _noise_fn(config)
-
-    def batch(method, index):
-        if not training.METHODS[method].noise:
-            return images
-        return noise(images, tf.constant(index, tf.int64))
-
-    steps = {}
-    for method in _METHODS.value:
-        print(f"Building and warming up {method} ...", flush=True)
-        steps[method] = _build_step(method, info, config)
-        steps[method](batch(method, 0), labels)  # trace + first run
-    times = {method: [] for method in steps}
-    for repeat in range(_REPEATS.value):
-        for method, step in steps.items():
-            start = time.perf_counter()
-            for i in range(_STEPS.value):
-                out = step(batch(method, i), labels)
-            float(out[0])  # wait for the last step
-            times[method].append(time.perf_counter() - start)
-        print(f"repeat {repeat + 1}/{_REPEATS.value} done", flush=True)
-
-    rows = {}
-    for method, seconds in times.items():
-        per_step = statistics.median(seconds) / _STEPS.value
-        rows[method] = {
-            "images_per_second": _BATCH_SIZE.value / per_step,
-            "seconds_per_step": per_step,
-            "all_repeats_seconds": seconds,
-        }
+    rows = dict(timed)
     base = rows.get("natural")
     print("\n| method | images/s | s/step | cost vs natural |\n|---|---|---|---|")
     for method, row in rows.items():

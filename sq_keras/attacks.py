@@ -318,9 +318,9 @@ def pgd(
         # every example keeps its own random start, so the result does not
         # depend on which other examples share the batch.
         index = tf.where(~best[1])
-        pick = lambda t: tf.gather_nd(t, index)  # noqa: E731
-        x_sub, y_sub = pick(x), pick(y)
-        x_adv, best_sub = one_restart(x_sub, y_sub, pick(start), tuple(map(pick, best)))
+        x_sub, y_sub, start_sub = (tf.gather_nd(t, index) for t in (x, y, start))
+        best_sub = tuple(tf.gather_nd(t, index) for t in best)
+        x_adv, best_sub = one_restart(x_sub, y_sub, start_sub, best_sub)
         losses, fooled = _loss_and_fooled(model_fn, x_adv, y_sub, loss_fn)
         best_sub = _keep_most_damaging(best_sub, (x_adv, fooled, losses))
         best = tuple(tf.tensor_scatter_nd_update(b, index, s) for b, s in zip(best, best_sub))

@@ -24,6 +24,7 @@ import numpy as np
 
 from sq_keras import data
 from sq_keras import evaluation
+from sq_keras import throughput
 from sq_keras import training
 
 
@@ -196,15 +197,48 @@ def _reference_curve(*, runs_dir, dataset, images, labels, eps, settings, eval_p
     return curve
 
 
-def seconds_to_reach(curve, accuracy):
-    """Training seconds after which `curve` first reaches `accuracy` (or None)."""
+def epochs_to_reach(curve, accuracy):
+    """The first epoch after which `curve` reaches `accuracy` (or None)."""
     for point in curve["points"]:
         if point["robust_accuracy"] >= accuracy:
-            return point["train_seconds"]
+            return point["epoch"]
     return None
 
 
-def _row(variant, results, history, report, reference, holdout=None, curve=None):
+def _step_costs(variants, *, dataset, policy, runs_dir, steps, repeats, log):
+    """Seconds per train step of every variant, timed round-robin (cached)."""
+    path = os.path.join(runs_dir, "step_costs.json")
+    names = [v.name for v in variants]
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if set(names) <= set(cached["seconds_per_step"]):
+            return cached
+    log(f"== timing the train step of {', '.join(names)} round-robin")
+    configs = {
+        v.name: training.TrainConfig(
+            dataset=dataset, method=v.method, mixed_precision=policy, **v.settings
+        )
+        for v in variants
+    }
+    batch_size = training.TrainConfig().batch_size
+    timed = throughput.time_train_steps(
+        configs, batch_size=batch_size, steps=steps, repeats=repeats, log=log
+    )
+    costs = {
+        "batch_size": batch_size,
+        "steps": steps,
+        "repeats": repeats,
+        "policy": policy,
+        "seconds_per_step": {n: t["seconds_per_step"] for n, t in timed.items()},
+    }
+    os.makedirs(runs_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(costs, f, indent=2)
+    return costs
+
+
+def _row(variant, results, history, report, reference, step_seconds, **extra):
     eps = f"{report['eps']:g}"
     per_epoch = statistics.median(h["seconds"] for h in history) if history else None
     row = {
@@ -215,6 +249,7 @@ def _row(variant, results, history, report, reference, holdout=None, curve=None)
         "epochs": results["epochs_done"],
         "seconds_per_epoch": per_epoch,
         "total_train_seconds": results["total_train_seconds"],
+        "seconds_per_step": step_seconds,
         "clean_accuracy": report["clean_accuracy"],
         "robust_accuracy": {
             name: entry["results"][eps]["robust_accuracy"]
@@ -228,21 +263,27 @@ def _row(variant, results, history, report, reference, holdout=None, curve=None)
         "num_examples": report["num_examples"],
         "grad_l1": [h["grad_l1"] for h in history],
     }
+    holdout, curve = extra.get("holdout"), extra.get("curve")
     if holdout is not None:
         row["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
         row["holdout_clean_accuracy"] = holdout["clean_accuracy"]
-    if reference and per_epoch:
-        row["speedup_per_epoch_vs_pgd_at"] = reference["seconds_per_epoch"] / per_epoch
-        row["speedup_total_vs_pgd_at"] = (
-            reference["total_train_seconds"] / results["total_train_seconds"]
-        )
-    if curve is not None:
-        # How long the reference trains until the attacks of the curve leave
-        # it as robust as this variant is under the whole suite.
-        reach = seconds_to_reach(curve, report["worst_case_accuracy"])
-        row["pgd_at_seconds_to_reach"] = reach
+    if reference:
+        # Every variant trains on the same batches, so the cost ratio of one
+        # step is that of one epoch; timed round-robin, it does not depend on
+        # other load on the machine, unlike the wall-clock seconds per epoch.
+        row["speedup_per_epoch_vs_pgd_at"] = reference["seconds_per_step"] / step_seconds
+        if per_epoch:
+            row["wall_speedup_per_epoch_vs_pgd_at"] = reference["seconds_per_epoch"] / per_epoch
+    if reference and curve is not None:
+        # Training cost until the attacks of the curve leave the reference as
+        # robust as this variant is under the whole suite, over this
+        # variant's whole training cost.
+        reach = epochs_to_reach(curve, report["worst_case_accuracy"])
+        row["pgd_at_epochs_to_reach"] = reach
         row["speedup_to_reach_vs_pgd_at"] = (
-            reach / results["total_train_seconds"] if reach is not None else None
+            reach * reference["seconds_per_step"] / (row["epochs"] * step_seconds)
+            if reach is not None
+            else None
         )
     return row
 
@@ -261,9 +302,9 @@ def _markdown(rows, attacks, eps, selection=None, curve=None):
         + (["held-out worst case"] if holdout else [])
         + [
             "failed checks",
-            "s/epoch",
+            "s/step",
+            "s/epoch (wall)",
             "epochs",
-            "train s",
             "speed-up/epoch vs pgd_at",
             "speed-up to its robustness vs pgd_at",
         ]
@@ -289,9 +330,9 @@ def _markdown(rows, attacks, eps, selection=None, curve=None):
             reach = "-"
         cells += [
             ", ".join(r["failed_checks"]) or "none",
+            f"{r['seconds_per_step']:.3f}",
             _fmt(r["seconds_per_epoch"], "{:.1f}"),
             str(r["epochs"]),
-            f"{r['total_train_seconds']:.0f}",
             _fmt(r.get("speedup_per_epoch_vs_pgd_at"), "{:.1f}x"),
             reach,
         ]
@@ -309,9 +350,17 @@ def _markdown(rows, attacks, eps, selection=None, curve=None):
             "",
             f"`{REFERENCE}` robust accuracy after each epoch ({' + '.join(curve['attacks'])}, "
             f"worst case, same test images): {points}. The speed-up to a variant's "
-            f"robustness is the training time `{REFERENCE}` needs to first reach the "
-            "variant's worst case, over the variant's training time.",
+            f"robustness is the training cost `{REFERENCE}` needs to first reach the "
+            "variant's worst case, over the variant's training cost.",
         ]
+    lines += [
+        "",
+        "s/step: median seconds of one train step (batch 128), every variant's step "
+        "timed round-robin in one process, so the ratios do not depend on other load "
+        "on the machine; the speed-ups use them. s/epoch (wall): median wall-clock "
+        "epoch of the actual training run, which shares the machine with whatever "
+        "else ran.",
+    ]
     lines += ["", "Variants:", ""]
     lines += [
         f"- `{r['name']}`: {r['note']} (`--method={r['method']}`"
@@ -377,6 +426,8 @@ def run(
     train_examples=None,
     holdout_examples=0,
     curve_examples=None,
+    timing_steps=5,
+    timing_repeats=3,
     train_only=False,
     log=print,
 ):
@@ -405,6 +456,9 @@ def run(
             with the best worst case there.
         curve_examples: Test images scoring the reference after each epoch
             (default: `num_examples`); 0 skips the curve.
+        timing_steps: Steps per variant and repeat of the round-robin timing
+            of the train steps, which sets the cost ratios.
+        timing_repeats: Repeats of that timing (the median is kept).
         train_only: Stop after training (returns None).
         log: Callable taking one line of progress text.
 
@@ -438,6 +492,15 @@ def run(
             trained[variant.name] = (results, json.load(f))
     if train_only:
         return None
+    costs = _step_costs(
+        variants,
+        dataset=dataset,
+        policy=policy,
+        runs_dir=runs_dir,
+        steps=timing_steps,
+        repeats=timing_repeats,
+        log=log,
+    )["seconds_per_step"]
 
     source_name = REFERENCE if REFERENCE in trained else names[0]
     source = evaluation.load_target(os.path.join(runs_dir, source_name), policy=eval_policy)
@@ -496,6 +559,7 @@ def run(
         reference = {
             "seconds_per_epoch": statistics.median(h["seconds"] for h in ref_history),
             "total_train_seconds": ref_results["total_train_seconds"],
+            "seconds_per_step": costs[REFERENCE],
         }
         if curve_examples is None or curve_examples > 0:
             count = num_examples if curve_examples is None else curve_examples
@@ -515,6 +579,7 @@ def run(
             *trained[v.name],
             reports[v.name],
             reference,
+            costs[v.name],
             holdout=holdouts.get(v.name),
             curve=curve,
         )

@@ -158,12 +158,12 @@ def check(root):
                 if target_file in available or (needed or target_file) in reported:
                     continue
                 reported.add(needed or target_file)
-                fix = f'add ":{needed}" to its deps' if needed else (
-                    f"{target_file} is in no target: add it to a py_library first"
+                fix = (
+                    f'add ":{needed}" to its deps'
+                    if needed
+                    else (f"{target_file} is in no target: add it to a py_library first")
                 )
-                problems.append(
-                    f"//:{name}: {src} imports {module} ({target_file}); {fix}"
-                )
+                problems.append(f"//:{name}: {src} imports {module} ({target_file}); {fix}")
             if attrs["kind"] == "py_test":
                 data = {label_name(label) for label in attrs.get("data", [])}
                 for module in sorted(run_module_targets(root, src)):
@@ -176,14 +176,19 @@ def check(root):
 
 
 def main(argv):
-    root = os.path.abspath(argv[1] if len(argv) > 1 else os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    root = os.path.abspath(
+        argv[1]
+        if len(argv) > 1
+        else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    )
     problems = check(root)
     for problem in problems:
         print(f"BUILD check: {problem}", file=sys.stderr)
     if problems:
-        print(f"BUILD check: {len(problems)} problem(s); fix BUILD (see docs/bazel.md)",
-              file=sys.stderr)
+        print(
+            f"BUILD check: {len(problems)} problem(s); fix BUILD (see docs/bazel.md)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
