@@ -70,6 +70,17 @@ _PGD_STEPS = flags.DEFINE_integer("pgd_steps", _DEFAULTS.pgd_steps, "Attack step
 _PGD_STEP_SIZE = flags.DEFINE_float(
     "pgd_step_size", _DEFAULTS.pgd_step_size, "Attack step size of pgd_at."
 )
+_EPS_WARMUP_STEPS = flags.DEFINE_integer(
+    "eps_warmup_steps",
+    _DEFAULTS.eps_warmup_steps,
+    "pgd_at, fgsm_rs, sq_fgsm: ramp the training attack's eps (and step) linearly from 0 "
+    "over this many optimizer steps; 0 attacks at full eps from the start.",
+)
+_KEEP_EPOCH_WEIGHTS = flags.DEFINE_bool(
+    "keep_epoch_weights",
+    False,
+    "Also save the weights after every epoch to <model_dir>/epochs/.",
+)
 _FGSM_STEP_SIZE = flags.DEFINE_float(
     "fgsm_step_size", None, "Step of fgsm_rs and sq_fgsm; default: 1.25 * --eps."
 )
@@ -162,6 +173,8 @@ def main(argv):
         pgd_steps=_PGD_STEPS.value,
         pgd_step_size=_PGD_STEP_SIZE.value,
         fgsm_step_size=_FGSM_STEP_SIZE.value,
+        eps_warmup_steps=_EPS_WARMUP_STEPS.value,
+        keep_epoch_weights=_KEEP_EPOCH_WEIGHTS.value,
         adv_fraction=_ADV_FRACTION.value,
         stand_in=_STAND_IN.value,
         gradnorm_weight=_GRADNORM_WEIGHT.value,

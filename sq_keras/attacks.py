@@ -130,7 +130,14 @@ def _loss_fn(loss):
     return _LOSS_FNS[loss]
 
 
+def _symbolic(value):
+    """A graph tensor, whose value is only known when the graph runs."""
+    return tf.is_tensor(value) and not hasattr(value, "numpy")
+
+
 def _check_eps(eps):
+    if _symbolic(eps):
+        return  # e.g. a training schedule's eps; it cannot be checked here
     if not 0.0 <= float(eps) <= 1.0:
         raise ValueError(f"`eps` must be in [0, 1]. Received: eps={eps}")
 
@@ -287,7 +294,7 @@ def pgd(
     _check_eps(eps)
     _check_positive_int("num_steps", num_steps)
     _check_positive_int("restarts", restarts)
-    if not step_size > 0:
+    if not _symbolic(step_size) and not step_size > 0:
         raise ValueError(f"`step_size` must be > 0. Received: step_size={step_size}")
     loss_fn = _loss_fn(loss)
     x, y = _inputs(x, y)

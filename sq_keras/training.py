@@ -142,12 +142,21 @@ def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, st
     def compute_loss(images, labels, seed):
         batch = tf.cast(tf.shape(images)[0], tf.float32)
         n_adv = tf.cast(tf.math.ceil(config.adv_fraction * batch), tf.int32)
+        eps, size = config.eps, step_size
+        if config.eps_warmup_steps:
+            # Linear ramp of the radius (and, in proportion, of the step) over
+            # the first optimizer steps: at full eps from the first step,
+            # adversarial training of a fresh MNIST model can stall at chance
+            # (Wong and Kolter 2018, appendix B.2).
+            done = tf.cast(optimizer.iterations + 1, tf.float32)
+            ramp = tf.minimum(1.0, done / float(config.eps_warmup_steps))
+            eps, size = config.eps * ramp, step_size * ramp
         x_adv = attacks.pgd(
             model_fn,
             images[:n_adv],
             labels[:n_adv],
-            eps=config.eps,
-            step_size=step_size,
+            eps=eps,
+            step_size=size,
             num_steps=num_steps,
             seed=seed + config.seed * 1_000_003,
             # The last iterate, as in Madry et al. and Wong et al.; skips the
@@ -279,6 +288,9 @@ class TrainConfig:
         init_weights: Weights file for the model's pretrained part (see
             `sq_keras.models.build`), e.g. ImageNet weights of ResNet50.
         overwrite: Start afresh if `model_dir` holds a different run.
+        eps_warmup_steps: Adversarial methods: ramp the training attack's eps
+            (and step size) linearly from 0 over this many optimizer steps
+            (0: full eps from the start, as Madry et al.).
         keep_epoch_weights: Also save the weights after every epoch as
             `<model_dir>/epochs/epoch_<NNN>.weights.h5` (e.g. to measure how
             robustness grows during training).
@@ -319,6 +331,7 @@ class TrainConfig:
     init_weights: str = None
     overwrite: bool = False
     keep_epoch_weights: bool = False
+    eps_warmup_steps: int = 0
 
     def resolved(self):
         """Returns a copy with dataset defaults filled in, after validation."""
@@ -351,6 +364,7 @@ class TrainConfig:
             ),
             (self.alpha_start > 0, "alpha_start must be > 0", self.alpha_start),
             (self.alpha_end > 0, "alpha_end must be > 0", self.alpha_end),
+            (self.eps_warmup_steps >= 0, "eps_warmup_steps must be >= 0", self.eps_warmup_steps),
             (self.grad_examples >= 1, "grad_examples must be >= 1", self.grad_examples),
             (self.pgd_steps >= 1, "pgd_steps must be >= 1", self.pgd_steps),
             (self.pgd_step_size > 0, "pgd_step_size must be > 0", self.pgd_step_size),
@@ -459,10 +473,12 @@ def _prepare_model_dir(config):
     record = {**dataclasses.asdict(config), "environment": _environment()}
     if os.path.exists(path):
         previous = _read_json(path)
+        # A run recorded before an option existed ran with its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         diffs = {
-            k: (previous.get(k), v)
+            k: (previous.get(k, defaults.get(k)), v)
             for k, v in record.items()
-            if k not in _RESUME_FREE_KEYS and previous.get(k) != v
+            if k not in _RESUME_FREE_KEYS and previous.get(k, defaults.get(k)) != v
         }
         if diffs and not config.overwrite:
             lines = "\n".join(f"  {k}: was {a!r}, now {b!r}" for k, (a, b) in diffs.items())

@@ -217,8 +217,12 @@ class TrainTest(parameterized.TestCase):
         natural = run("natural")
         pgd_at = run("pgd_at")
         gradnorm = run("gradnorm", gradnorm_weight=3.0)
+        ramped = run("pgd_at", eps_warmup_steps=1000)
         # PGD-AT's training batches are adversarial: much higher loss on them.
         self.assertGreater(pgd_at["train_loss"], natural["train_loss"] + 0.5)
+        # Over the first of 1000 warm-up steps eps is tiny: the batches are
+        # nearly clean.
+        self.assertLess(ramped["train_loss"], pgd_at["train_loss"] - 0.5)
         # The penalty shrinks the input-gradient norm it penalises.
         self.assertLess(gradnorm["grad_l1"], 0.5 * natural["grad_l1"])
 
@@ -233,6 +237,7 @@ class TrainTest(parameterized.TestCase):
         ("pgd_steps", {"pgd_steps": 0}, "pgd_steps must be"),
         ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
         ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
+        ("eps_warmup_steps", {"eps_warmup_steps": -1}, "eps_warmup_steps must be"),
     )
     def test_invalid_config(self, kwargs, pattern):
         with self.assertRaisesRegex(ValueError, pattern):
