@@ -208,17 +208,31 @@ def build_gradnorm_step(model, optimizer, config, strategy):
 
     def compute_loss(images, labels, seed):
         del seed
-        images = tf.convert_to_tensor(images)
-        with tf.GradientTape() as inner:
-            inner.watch(images)
-            logits = model(images, training=True)
-            per_example = _cross_entropy(labels, logits)
-            total = tf.reduce_sum(per_example)
-        grad = inner.gradient(total, images)
-        l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
-        return per_example + config.gradnorm_weight * config.eps * l1, logits
+        loss, logits, _ = gradnorm_loss(
+            model, images, labels, eps=config.eps, weight=config.gradnorm_weight
+        )
+        return loss, logits
 
     return _train_step(model, optimizer, compute_loss, strategy)
+
+
+def gradnorm_loss(model, images, labels, *, eps, weight, training=True):
+    """Per-example `CE + weight * eps * ||grad_x CE||_1`, by double backprop.
+
+    Returns:
+        `(per_example_loss, logits, l1)`, with `l1` the per-example l1 norm
+        of the input gradient of the cross-entropy (differentiable).
+    """
+    images = tf.convert_to_tensor(images)
+    with tf.GradientTape() as inner:
+        inner.watch(images)
+        logits = model(images, training=training)
+        per_example = _cross_entropy(labels, logits)
+        total = tf.reduce_sum(per_example)
+    grad = inner.gradient(total, images)
+    l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
+    l1 = tf.cast(l1, per_example.dtype)
+    return per_example + weight * eps * l1, logits, l1
 
 
 STEP_BUILDERS = {
