@@ -58,8 +58,12 @@ def _load_model():
 
 
 def _ours(model):
+    # As apps.evaluate attacks a Keras model: its exact outputs, with the
+    # faster input gradients of `attacks.input_gradient_model`.
+    fast_fn = attacks.input_gradient_model(model)
+
     def model_fn(images):
-        return tf.cast(model(images, training=False), tf.float32)
+        return tf.cast(fast_fn(images), tf.float32)
 
     attack = tf.function(
         lambda x, y: attacks.pgd(

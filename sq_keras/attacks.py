@@ -663,23 +663,145 @@ def bpda(model, *, stand_in="identity", smooth_alpha=10.0):
             "equal a plain gradient attack."
         )
 
+    def quantizer_backward(layer, x, outputs, upstream):
+        del outputs
+        derivative = _stand_in_derivative(layer, x, stand_in, smooth_alpha)
+        return tf.cast(tf.cast(upstream, tf.float32) * derivative, x.dtype)
+
+    return input_gradient_model(model, quantizer_backward=quantizer_backward)
+
+
+# ---------------------------------------------------------------------------
+# Faster input gradients.
+
+
+def _relu_or_linear(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is keras.activations.linear:
+        return "linear"
+    if activation is keras.activations.relu:
+        return "relu"
+    return None
+
+
+def _plain_dense(layer):
+    """A Dense layer whose input gradient `_dense_input_gradient` speeds up.
+
+    Only in float32: with bfloat16 compute, TensorFlow's own gradient was
+    faster on the CPUs measured.
+    """
+    return (
+        type(layer) is keras.layers.Dense
+        and layer.compute_dtype == "float32"
+        and _relu_or_linear(layer) is not None
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+        and len(layer.input.shape) == 2
+    )
+
+
+def _plain_single_channel_conv(layer):
+    """A stride-1 'same' Conv2D on one input channel, odd kernel, no dilation."""
+    return (
+        type(layer) is keras.layers.Conv2D
+        and _relu_or_linear(layer) is not None
+        and layer.data_format == "channels_last"
+        and layer.padding == "same"
+        and tuple(layer.strides) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.groups == 1
+        and layer.kernel.shape[2] == 1
+        and all(k % 2 == 1 for k in layer.kernel_size)
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+    )
+
+
+def _activation_backward(layer, outputs, upstream):
+    if _relu_or_linear(layer) == "relu":
+        return tf.where(outputs > 0, upstream, tf.zeros_like(upstream))
+    return upstream
+
+
+def _dense_input_gradient(layer, inputs, outputs, upstream):
+    # d/da of act(a @ W + b) is (g @ W^T); computed as (W @ g^T)^T, which
+    # CPU matmul kernels run ~2x faster than a matmul with a transposed
+    # large right operand (the gradient TensorFlow registers for MatMul).
+    del inputs
+    g = _activation_backward(layer, outputs, upstream)
+    kernel = tf.cast(layer.kernel, g.dtype)
+    return tf.transpose(tf.matmul(kernel, g, transpose_b=True))
+
+
+def _conv_input_gradient(layer, inputs, outputs, upstream):
+    # For one input channel, dx[i, j] = sum_{u, v} g[i - u + pu, j - v + pv] . w[u, v]:
+    # one small matmul then a sum of shifted slices, instead of a transposed
+    # convolution with a single output channel (slow on CPUs).
+    del inputs
+    g = _activation_backward(layer, outputs, upstream)
+    kh, kw = layer.kernel_size
+    ph, pw = (kh - 1) // 2, (kw - 1) // 2
+    kernel = tf.reshape(tf.cast(layer.kernel, g.dtype), [kh * kw, -1])
+    taps = tf.einsum("bhwc,kc->bhwk", g, kernel)
+    taps = tf.pad(taps, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    height, width = tf.shape(g)[1], tf.shape(g)[2]
+    total = 0.0
+    for u in range(kh):
+        for v in range(kw):
+            total += taps[
+                :, 2 * ph - u : 2 * ph - u + height, 2 * pw - v : 2 * pw - v + width, u * kw + v
+            ]
+    return total[..., None]
+
+
+def input_gradient_model(model, *, quantizer_backward=None):
+    """A `model_fn` with the model's exact outputs and faster input gradients.
+
+    The forward pass is the model's own. In the backward pass, float32 Dense
+    layers (ReLU or linear, 2-D input) and stride-1 'same' Conv2D layers on a
+    single input channel get hand-written input gradients that are mathematically
+    equal to TensorFlow's but avoid slow CPU kernels (a matmul with a
+    transposed large operand; a transposed convolution with one output
+    channel). Parameter gradients are not computed: the returned function is
+    for attacks, which differentiate with respect to the input only.
+
+    Args:
+        model: A functional or sequential `keras.Model`.
+        quantizer_backward: Optional `f(layer, inputs, outputs, upstream) -> dx` that
+            replaces the backward pass of every `SoftQuantization` layer
+            (see `bpda`).
+
+    Returns:
+        `model_fn(images) -> logits`.
+    """
+
+    def rewritten(layer, backward):
+        def call(inputs):
+            @tf.custom_gradient
+            def forward(x):
+                outputs = layer(x, training=False)
+
+                def gradient(upstream, variables=None):
+                    dx = backward(layer, x, outputs, upstream)
+                    return tf.cast(dx, x.dtype), [None] * len(variables or [])
+
+                return outputs, gradient
+
+            return forward(inputs)
+
+        return keras.layers.Lambda(call, name=f"{layer.name}_input_gradient")
+
     def call_function(layer, *args, **kwargs):
-        if not isinstance(layer, SoftQuantization):
-            return layer(*args, **kwargs)
-        inputs = args[0]
-
-        @tf.custom_gradient
-        def through_stand_in(x):
-            outputs = layer(x, training=False)
-
-            def gradient(upstream, variables=None):
-                derivative = _stand_in_derivative(layer, x, stand_in, smooth_alpha)
-                dx = tf.cast(upstream, tf.float32) * derivative
-                return tf.cast(dx, x.dtype), [None] * len(variables or [])
-
-            return outputs, gradient
-
-        return keras.layers.Lambda(through_stand_in, name=f"{layer.name}_bpda")(inputs)
+        backward = None
+        if isinstance(layer, SoftQuantization) and quantizer_backward is not None:
+            backward = quantizer_backward
+        elif _plain_dense(layer):
+            backward = _dense_input_gradient
+        elif _plain_single_channel_conv(layer):
+            backward = _conv_input_gradient
+        if backward is not None:
+            return rewritten(layer, backward)(args[0])
+        return layer(*args, **kwargs)
 
     surrogate = keras.models.clone_model(
         model,

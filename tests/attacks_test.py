@@ -351,6 +351,80 @@ class BpdaTest(parameterized.TestCase):
             attacks.bpda(trained_model("masked"), stand_in="zero")
 
 
+def _input_gradient(model_fn, x, y):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(model_fn(x), tf.float32)
+        loss = tf.reduce_sum(attacks.cross_entropy_loss(logits, tf.constant(y)))
+    return logits.numpy(), tape.gradient(loss, x).numpy()
+
+
+def madry_cnn(policy="float32"):
+    keras.utils.set_random_seed(1)
+    keras.config.set_dtype_policy(policy)
+    try:
+        return models.build(
+            "madry_mnist",
+            input_shape=(28, 28, 1),
+            num_classes=10,
+            soft_quantization={"num_thresholds": 1, "alpha": 10.0},
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+class InputGradientModelTest(parameterized.TestCase):
+    def test_float32_outputs_and_gradients_equal_tensorflows(self):
+        # Madry CNN: a one-channel 'same' 5x5 Conv2D and float32 Dense layers,
+        # the layers whose input gradients are rewritten.
+        model = madry_cnn()
+        x, y = eval_data(40)
+        logits, grad = _input_gradient(model_fn_of(model), x, y)
+        fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
+        np.testing.assert_array_equal(fast_logits, logits)
+        self.assertGreater(np.abs(grad).max(), 1e-3)
+        np.testing.assert_allclose(fast_grad, grad, rtol=0, atol=1e-5 * np.abs(grad).max())
+
+    def test_bfloat16_gradients_agree_in_sign(self):
+        model = madry_cnn("mixed_bfloat16")
+        x, y = eval_data(40)
+        logits, grad = _input_gradient(model_fn_of(model), x, y)
+        fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
+        np.testing.assert_array_equal(fast_logits, logits)
+        # bfloat16 sums in another order round differently; PGD uses signs.
+        nonzero = np.abs(grad) > 1e-3 * np.abs(grad).max()
+        agree = np.mean(np.sign(fast_grad[nonzero]) == np.sign(grad[nonzero]))
+        self.assertGreater(agree, 0.99)
+
+    def test_other_layers_keep_tensorflows_gradient(self):
+        # Strided convolutions and a softmax Dense on a 3-D input are left alone.
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((28, 28, 1))
+        h = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
+        h = keras.layers.Reshape((13, 52))(h)
+        h = keras.layers.Dense(6, activation="softmax")(h)
+        h = keras.layers.Flatten()(h)
+        model = keras.Model(inputs, keras.layers.Dense(10, activation="tanh")(h))
+        x, y = eval_data(20)
+        logits, grad = _input_gradient(model_fn_of(model), x, y)
+        fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
+        np.testing.assert_array_equal(fast_logits, logits)
+        np.testing.assert_array_equal(fast_grad, grad)
+
+    def test_pgd_finds_the_same_examples(self):
+        model = madry_cnn()
+        x, y = eval_data(60)
+        kwargs = {"eps": 0.1, "step_size": 0.02, "num_steps": 10, "seed": 5}
+        plain = run(attacks.pgd, model_fn_of(model), **kwargs)(x, y).numpy()
+        fast = run(attacks.pgd, attacks.input_gradient_model(model), **kwargs)(x, y).numpy()
+        # Rounding can flip the sign of a near-zero gradient entry, nothing more.
+        self.assertLess(np.mean(np.abs(fast - plain) > 1e-6), 1e-3)
+        fooled = lambda images: attacks.predictions(model_fn_of(model), images).numpy() != y  # noqa: E731
+        self.assertLessEqual(abs(int(fooled(fast).sum()) - int(fooled(plain).sum())), 1)
+        self.assertGreater(fooled(plain).sum(), 0)
+
+
 class StrengthTest(parameterized.TestCase):
     def test_natural_model_is_broken_at_eps_0_3(self):
         model_fn = model_fn_of(trained_model("natural"))
