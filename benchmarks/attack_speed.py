@@ -18,6 +18,7 @@ reported and skipped.
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -34,6 +35,7 @@ from absl import logging  # noqa: E402
 from sq_keras import attacks  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import models  # noqa: E402
+from sq_keras import throughput  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model; default: untrained madry_mnist.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
@@ -197,12 +199,22 @@ def main(argv):
         speed_text = "-" if speed is None else f"{speed:.1f}"
         print(f"| {name} | {speed_text} | {100 * accuracy:.1f}% |")
     if _OUTPUT.value:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        payload = {
+            "command": " ".join(["python", "benchmarks/attack_speed.py", *sys.argv[1:]]),
+            "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": throughput.machine_description(),
+            "load_average_at_end": os.getloadavg()[0],
+            "tensorflow": tf.__version__,
+            "rows": [
+                {"implementation": n, "images_per_second": s, "accuracy": a} for n, s, a in rows
+            ],
+        }
         with open(_OUTPUT.value, "w") as f:
-            json.dump(
-                [{"implementation": n, "images_per_second": s, "accuracy": a} for n, s, a in rows],
-                f,
-                indent=2,
-            )
+            json.dump(payload, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ use --pgd_steps=10 for CIFAR-10's usual PGD-10).
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -51,17 +50,6 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Dtype policy."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv):
@@ -111,7 +99,7 @@ def main(argv):
             "repeats": _REPEATS.value,
             "pgd_steps": config.pgd_steps,
             "policy": policy,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_model()}",
+            "machine": throughput.machine_description(),
             "tensorflow": tf.__version__,
             "commit": commit,
             "date": time.strftime("%Y-%m-%d"),

@@ -186,7 +186,8 @@ def main(argv):
         print(f"BUILD check: {problem}", file=sys.stderr)
     if problems:
         print(
-            f"BUILD check: {len(problems)} problem(s); fix BUILD (see docs/bazel.md)",
+            f"BUILD check: {len(problems)} problem(s); fix BUILD "
+            "(see 'When you add a file' in README.md)",
             file=sys.stderr,
         )
         return 1
