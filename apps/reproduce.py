@@ -11,6 +11,7 @@ it stopped when rerun with the same flags.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -93,6 +94,7 @@ def main(argv):
             holdout_examples=_HOLDOUT_EXAMPLES.value,
             curve_examples=_CURVE_EXAMPLES.value,
             train_only=_TRAIN_ONLY.value,
+            command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
     except (ValueError, data.DataError, training.TrainingError) as e:
         raise SystemExit(f"Error: {e}") from None

@@ -212,6 +212,11 @@ def _reference_curve(*, runs_dir, dataset, images, labels, eps, settings, eval_p
     return curve
 
 
+def _trained_at_commit(run_dir):
+    with open(os.path.join(run_dir, "config.json")) as f:
+        return json.load(f).get("environment", {}).get("git_commit")
+
+
 def epochs_to_reach(curve, accuracy):
     """The first epoch after which `curve` reaches `accuracy` (or None)."""
     for point in curve["points"]:
@@ -277,6 +282,7 @@ def _row(variant, results, history, report, reference, step_seconds, **extra):
         "failed_checks": [k for k, c in report["checks"].items() if c.get("passed") is False],
         "num_examples": report["num_examples"],
         "grad_l1": [h["grad_l1"] for h in history],
+        "trained_at_commit": extra.get("trained_at_commit"),
     }
     holdout, curve = extra.get("holdout"), extra.get("curve")
     if holdout is not None:
@@ -303,11 +309,22 @@ def _row(variant, results, history, report, reference, step_seconds, **extra):
     return row
 
 
+def _provenance(payload):
+    env = payload["environment"]
+    trained = sorted({r["trained_at_commit"] for r in payload["rows"] if r["trained_at_commit"]})
+    return (
+        f"Made by `{payload['command'] or 'sq_keras.reproduce.run'}` (seed {payload['seed']}, "
+        f"training policy {payload['policy']}) at commit {env['git_commit']}, models trained "
+        f"at {', '.join(trained) or 'unknown commits'}; {env['machine']}, TensorFlow "
+        f"{env['tensorflow']}, Keras {env['keras']}."
+    )
+
+
 def _fmt(value, pattern="{:.2f}"):
     return "-" if value is None else pattern.format(value)
 
 
-def _markdown(rows, attacks, eps, selection=None, curve=None):
+def _markdown(rows, attacks, eps, selection=None, curve=None, provenance=None):
     columns = [a for a in attacks if any(a in r["robust_accuracy"] for r in rows)]
     holdout = any("holdout_worst_case_accuracy" in r for r in rows)
     head = (
@@ -324,7 +341,10 @@ def _markdown(rows, attacks, eps, selection=None, curve=None):
             "speed-up to its robustness vs pgd_at",
         ]
     )
-    lines = [
+    lines = []
+    if provenance:
+        lines += [provenance, ""]
+    lines += [
         f"Robust accuracy (%) at eps = {eps:g} on {rows[0]['num_examples']} test images.",
         "",
         "| " + " | ".join(head) + " |",
@@ -444,6 +464,7 @@ def run(
     timing_steps=5,
     timing_repeats=3,
     train_only=False,
+    command=None,
     log=print,
 ):
     """Trains and attacks every variant, then writes the comparison.
@@ -475,6 +496,7 @@ def run(
             of the train steps, which sets the cost ratios.
         timing_repeats: Repeats of that timing (the median is kept).
         train_only: Stop after training (returns None).
+        command: The command line that ran this, recorded in the output.
         log: Callable taking one line of progress text.
 
     Returns:
@@ -597,12 +619,14 @@ def run(
             costs[v.name],
             holdout=holdouts.get(v.name),
             curve=curve,
+            trained_at_commit=_trained_at_commit(os.path.join(runs_dir, v.name)),
         )
         for v in variants
     ]
     os.makedirs(output_dir, exist_ok=True)
     files = _plots(rows, output_dir, dataset)
     payload = {
+        "command": command,
         "dataset": dataset,
         "epochs": epochs,
         "seed": seed,
@@ -612,6 +636,8 @@ def run(
         "transfer_source": source_name,
         "attack_settings": dataclasses.asdict(settings),
         "train_examples": train_examples,
+        "holdout_examples": holdout_examples,
+        "environment": training.environment(),
         "selection": selection,
         "reference_curve": curve,
         "rows": rows,
@@ -627,6 +653,7 @@ def run(
                 float(eps_values[0]),
                 selection=selection,
                 curve=curve,
+                provenance=_provenance(payload),
             )
         )
     return payload

@@ -458,7 +458,8 @@ def _git_commit():
     return out.stdout.strip() or None
 
 
-def _environment():
+def environment():
+    """Versions, git commit and machine, recorded beside results."""
     return {
         "sq_keras": sq_keras.__version__,
         "tensorflow": tf.__version__,
@@ -484,7 +485,7 @@ def _read_json(path):
 def _prepare_model_dir(config):
     """Creates `model_dir`, refusing to mix a different run into it."""
     path = os.path.join(config.model_dir, "config.json")
-    record = {**dataclasses.asdict(config), "environment": _environment()}
+    record = {**dataclasses.asdict(config), "environment": environment()}
     if os.path.exists(path):
         previous = _read_json(path)
         # A run recorded before an option existed ran with its default.
@@ -953,7 +954,7 @@ def train(config, *, log=_log, strategy=None):
             "eps": config.eps,
             "class_names": list(source.class_names),
             "test_accuracy": results["test_accuracy"],
-            **_environment(),
+            **environment(),
         }
         try:
             path = export.export_saved_model(model, config.export_dir, metadata=metadata)
