@@ -82,6 +82,20 @@ MNIST_VARIANTS = (
         "as sq_fgsm on half of each batch, random-sign noise on the rest",
         candidate=True,
     ),
+    Variant(
+        "sq_fgsm_quarter",
+        "sq_fgsm",
+        {"adv_fraction": 0.25, "noise": "sign"},
+        "as sq_fgsm on a quarter of each batch, random-sign noise on the rest",
+        candidate=True,
+    ),
+    Variant(
+        "sq_noisy_large",
+        "sq_noisy",
+        {"noise_scale": 0.45},
+        "quantizer + uniform noise +-1.5 eps",
+        candidate=True,
+    ),
     Variant("gradnorm", "gradnorm", note="CE + eps ||grad_x CE||_1 by double backpropagation"),
     Variant(
         "fgsm_rs",
@@ -412,14 +426,16 @@ def _plots(rows, output_dir, dataset):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    def figure(name, xlabel, ylabel, curves, log_y=False):
+    def figure(name, xlabel, ylabel, curves, log_y=False, log_x=False):
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, xs, ys, marker in curves:
-            ax.plot(xs, ys, marker=marker, label=label)
+            ax.plot(xs, ys, marker=marker, label=label, linestyle="-" if len(xs) > 1 else "")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if log_y:
             ax.set_yscale("log")
+        if log_x:
+            ax.set_xscale("log")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         path = os.path.join(output_dir, f"{dataset}_{name}.png")
@@ -433,7 +449,26 @@ def _plots(rows, output_dir, dataset):
         by_eps = sorted((float(e), a) for e, a in r["worst_case_accuracy_by_eps"].items())
         sweeps.append((r["name"], [e for e, _ in by_eps], [a for _, a in by_eps], "o"))
     grads = [(r["name"], np.arange(1, len(r["grad_l1"]) + 1), r["grad_l1"], ".") for r in rows]
+    files = {}
+    costed = [r for r in rows if r.get("speedup_per_epoch_vs_pgd_at")]
+    if costed:
+        files["tradeoff"] = figure(
+            "cost_vs_robustness",
+            "training cost per epoch, pgd_at = 1 (round-robin step timing)",
+            "worst-case robust accuracy (%)",
+            [
+                (
+                    r["name"],
+                    [1.0 / r["speedup_per_epoch_vs_pgd_at"]],
+                    [r["worst_case_accuracy"]],
+                    "o",
+                )
+                for r in costed
+            ],
+            log_x=True,
+        )
     return {
+        **files,
         "sweep": figure(
             "robustness_vs_eps", "eps (l-inf)", "worst-case robust accuracy (%)", sweeps
         ),

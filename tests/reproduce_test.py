@@ -91,6 +91,7 @@ class ReproduceTest(parameterized.TestCase):
         self.assertIn("| sq_noisy_sign |", table)
         self.assertIn("held-out worst case", table)
         self.assertIn(f"selected: `{selection['selected']}`", table)
+        self.assertEqual(set(payload["figures"]), {"tradeoff", "sweep", "grad_l1"})
         for figure in payload["figures"].values():
             self.assertGreater(os.path.getsize(figure), 1000)
 
