@@ -325,12 +325,18 @@ def pgd(
         # every example keeps its own random start, so the result does not
         # depend on which other examples share the batch.
         index = tf.where(~best[1])
-        x_sub, y_sub, start_sub = (tf.gather_nd(t, index) for t in (x, y, start))
-        best_sub = tuple(tf.gather_nd(t, index) for t in best)
-        x_adv, best_sub = one_restart(x_sub, y_sub, start_sub, best_sub)
-        losses, fooled = _loss_and_fooled(model_fn, x_adv, y_sub, loss_fn)
-        best_sub = _keep_most_damaging(best_sub, (x_adv, fooled, losses))
-        best = tuple(tf.tensor_scatter_nd_update(b, index, s) for b, s in zip(best, best_sub))
+
+        def attack_remaining(best=best, index=index, start=start):
+            x_sub, y_sub, start_sub = (tf.gather_nd(t, index) for t in (x, y, start))
+            best_sub = tuple(tf.gather_nd(t, index) for t in best)
+            x_adv, best_sub = one_restart(x_sub, y_sub, start_sub, best_sub)
+            losses, fooled = _loss_and_fooled(model_fn, x_adv, y_sub, loss_fn)
+            best_sub = _keep_most_damaging(best_sub, (x_adv, fooled, losses))
+            return tuple(tf.tensor_scatter_nd_update(b, index, s) for b, s in zip(best, best_sub))
+
+        # Nothing left to attack: skip the model (convolutions on an empty
+        # batch fail on some CPU kernels).
+        best = tf.cond(tf.shape(index)[0] > 0, attack_remaining, lambda best=best: best)
     return tf.stop_gradient(best[0])
 
 

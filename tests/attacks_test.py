@@ -216,6 +216,20 @@ class PropertyTest(parameterized.TestCase):
         fooled = self._fooled(model_fn, whole, y)
         self.assertTrue(0 < fooled.sum() < len(y), fooled.sum())
 
+    def test_restarts_when_the_first_fools_every_example(self):
+        # Later restarts then have nothing left to attack (an empty batch,
+        # which convolutions on some CPU kernels refuse).
+        model = madry_cnn()
+        x, y = eval_data(40)
+        kwargs = {"eps": 0.3, "step_size": 0.05, "num_steps": 5, "seed": 6}
+        first = run(attacks.pgd, model_fn_of(model), **kwargs)(x, y)
+        fooled = self._fooled(model_fn_of(model), first, y)
+        self.assertGreater(fooled.sum(), 5)
+        x, y = x[fooled], y[fooled]
+        for model_fn in (model_fn_of(model), attacks.input_gradient_model(model)):
+            again = run(attacks.pgd, model_fn, restarts=3, **kwargs)(x, y)
+            self.assertTrue(np.all(self._fooled(model_fn_of(model), again, y)))
+
     def test_most_damaging_point_beats_last_iterate(self):
         model_fn = model_fn_of(trained_model("natural"))
         x, y = eval_data()
