@@ -702,8 +702,15 @@ def _plain_dense(layer):
         and _relu_or_linear(layer) is not None
         and not getattr(layer, "lora_enabled", False)
         and getattr(layer, "quantization_mode", None) is None
-        and len(layer.input.shape) == 2
+        and _input_rank(layer) == 2
     )
+
+
+def _input_rank(layer):
+    try:
+        return len(layer.input.shape)
+    except (AttributeError, ValueError):  # not built, or called on several inputs
+        return None
 
 
 def _plain_single_channel_conv(layer):
