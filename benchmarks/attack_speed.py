@@ -18,7 +18,6 @@ reported and skipped.
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -36,6 +35,7 @@ from sq_keras import attacks  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import models  # noqa: E402
 from sq_keras import throughput  # noqa: E402
+from sq_keras import training  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model; default: untrained madry_mnist.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
@@ -199,9 +199,7 @@ def main(argv):
         speed_text = "-" if speed is None else f"{speed:.1f}"
         print(f"| {name} | {speed_text} | {100 * accuracy:.1f}% |")
     if _OUTPUT.value:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        commit = training.environment()["git_commit"]
         payload = {
             "command": " ".join(["python", "benchmarks/attack_speed.py", *sys.argv[1:]]),
             "commit": commit,

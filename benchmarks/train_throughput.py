@@ -21,7 +21,6 @@ use --pgd_steps=10 for CIFAR-10's usual PGD-10).
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -87,9 +86,7 @@ def main(argv):
             f"| {ratio:.2f}x |"
         )
     if _OUTPUT.value:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        commit = training.environment()["git_commit"]
         payload = {
             "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
             "dataset": _DATASET.value,
