@@ -262,7 +262,8 @@ class TrainConfig:
 
     Attributes:
         dataset: Key of `sq_keras.data.DATASETS`.
-        method: Key of `METHODS`.
+        method: Key of `METHODS`; None for the dataset's (`sq_fgsm` for
+            MNIST, `sq_noisy` elsewhere).
         model: Key of `sq_keras.models.MODELS`; None for the dataset's.
         epochs: Number of passes over the training set.
         batch_size: Examples per step.
@@ -311,7 +312,7 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
-    method: str = "sq_noisy"
+    method: str = None
     model: str = None
     epochs: int = 10
     batch_size: int = 128
@@ -350,9 +351,10 @@ class TrainConfig:
     def resolved(self):
         """Returns a copy with dataset defaults filled in, after validation."""
         info = data.get_info(self.dataset)
-        if self.method not in METHODS:
+        method = self.method or info.method
+        if method not in METHODS:
             raise ValueError(
-                f"Unknown method {self.method!r}. Valid methods: {', '.join(sorted(METHODS))}."
+                f"Unknown method {method!r}. Valid methods: {', '.join(sorted(METHODS))}."
             )
         model = self.model or info.model
         if model not in models.MODELS:
@@ -421,6 +423,7 @@ class TrainConfig:
                 raise ValueError(f"{message}. Received: {value!r}")
         return dataclasses.replace(
             self,
+            method=method,
             model=model,
             eps=eps,
             augment=augment,

@@ -243,6 +243,14 @@ class TrainTest(parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, pattern):
             training.train(_config(self.create_tempdir().full_path, **kwargs))
 
+    def test_default_method_is_the_datasets_selected_recipe(self):
+        # MNIST's default is the recipe apps.reproduce chose on held-out data;
+        # datasets without that comparison train the paper's recipe.
+        self.assertEqual(training.TrainConfig(dataset="mnist").resolved().method, "sq_fgsm")
+        self.assertEqual(training.TrainConfig(dataset="cifar10").resolved().method, "sq_noisy")
+        explicit = training.TrainConfig(dataset="mnist", method="natural").resolved()
+        self.assertEqual(explicit.method, "natural")
+
     def test_epoch_datasets_are_reproducible_and_differ_between_epochs(self):
         images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
         labels = np.arange(20, dtype=np.int64)

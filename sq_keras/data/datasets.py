@@ -67,6 +67,10 @@ class DatasetInfo:
             `load_arrays`.
         tfds_splits: Our split name -> tensorflow-datasets split name, when
             they differ.
+        method: Default training method in `sq_keras.training.METHODS`: the
+            recipe chosen on held-out training data by `apps.reproduce` where
+            that comparison was run (MNIST, see results/mnist.md), the paper's
+            recipe `sq_noisy` elsewhere.
     """
 
     name: str
@@ -83,6 +87,7 @@ class DatasetInfo:
     num_thresholds: int = 1
     streaming: bool = False
     tfds_splits: dict = None
+    method: str = "sq_noisy"
 
 
 def _read_idx(path, expected_dims):
@@ -197,6 +202,7 @@ DATASETS = {
             "downloads from https://storage.googleapis.com/cvdf-datasets/mnist/)."
         ),
         download_host=_MNIST_HOST,
+        method="sq_fgsm",
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
