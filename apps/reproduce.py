@@ -54,6 +54,12 @@ _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "One run directory
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results", "Where the table and figures go.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Local dataset directory.")
 _TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Train the variants, attack nothing.")
+_TEST_UNSELECTED = flags.DEFINE_bool(
+    "test_unselected",
+    False,
+    "With --holdout_examples: attack every candidate recipe on the test set, not only the "
+    "selected one and the paper's recipe.",
+)
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Training dtype policy."
 )
@@ -94,6 +100,7 @@ def main(argv):
             holdout_examples=_HOLDOUT_EXAMPLES.value,
             curve_examples=_CURVE_EXAMPLES.value,
             train_only=_TRAIN_ONLY.value,
+            test_unselected=_TEST_UNSELECTED.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
     except (ValueError, data.DataError, training.TrainingError) as e:

@@ -34,7 +34,29 @@ class ReproduceTest(parameterized.TestCase):
             curve_examples=20,
             log=lambda line: None,
         )
-        payload = reproduce.run(variants, **kwargs)
+        # By default the test set attacks only the selected candidate (and the
+        # variants that are not candidates).
+        first = reproduce.run(variants, **kwargs)
+        selected = first["selection"]["selected"]
+        (unselected,) = {"natural", "sq_noisy_sign"} - {selected}
+        first_rows = {r["name"]: r for r in first["rows"]}
+        self.assertEqual(first["selection"]["untested"], [unselected])
+        self.assertFalse(first_rows[unselected]["tested"])
+        self.assertIsNone(first_rows[unselected]["worst_case_accuracy"])
+        self.assertTrue(first_rows[selected]["tested"])
+        self.assertFalse(
+            os.path.exists(os.path.join(runs, unselected, "evaluation", "report.json"))
+        )
+        with open(os.path.join(out, "mnist.md")) as f:
+            self.assertIn("not attacked on the test set", f.read())
+
+        # --test_unselected attacks the rest, reusing every trained model.
+        kwargs["test_unselected"] = True
+        lines = []
+        payload = reproduce.run(variants, **{**kwargs, "log": lines.append})
+        self.assertFalse(any(line.startswith("Epoch") for line in lines))
+        attacked = [line for line in lines if "attacking" in line]
+        self.assertEqual(attacked, [f"== {unselected}: attacking 40 test images"])
         rows = {r["name"]: r for r in payload["rows"]}
         self.assertEqual(list(rows), ["natural", "sq_noisy_sign", "pgd_at"])
         self.assertEqual(payload["transfer_source"], "pgd_at")
