@@ -94,6 +94,12 @@ _DATA_DIR = flags.DEFINE_string(
 )
 _LOGDIR = flags.DEFINE_string("logdir", None, "Write TensorBoard summaries here.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar per attack.")
+_INTER_OP_THREADS = flags.DEFINE_integer(
+    "inter_op_threads",
+    1,
+    "TensorFlow inter-op threads (0: TensorFlow's default). An attack is a chain of dependent "
+    "ops; on 2 CPU cores one inter-op thread made PGD 1.1-1.3x faster (README, Attack speed).",
+)
 
 
 def _parse_eps(text, default):
@@ -130,6 +136,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
+    if _INTER_OP_THREADS.value < 0:
+        raise SystemExit(f"Error: --inter_op_threads must be >= 0, got {_INTER_OP_THREADS.value}.")
+    if _INTER_OP_THREADS.value:
+        tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
     policy = precision.set_policy(_MIXED_PRECISION.value)
 
     if not _MODEL.value:

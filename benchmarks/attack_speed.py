@@ -45,6 +45,12 @@ _STEP_SIZE = flags.DEFINE_float("step_size", 0.01, "PGD step size.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "MNIST directory; default $SQ_KERAS_DATA_DIR.")
 _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+_INTER_OP_THREADS = flags.DEFINE_integer(
+    "inter_op_threads",
+    1,
+    "TensorFlow inter-op threads of the whole process, so of every implementation "
+    "(0: TensorFlow's default, one per core). apps.evaluate uses 1.",
+)
 
 
 def _load_model():
@@ -148,6 +154,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
+    if _INTER_OP_THREADS.value:
+        tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
     model = _load_model()
     images, labels = evaluation.load_examples(
         "mnist", "test", num_examples=_BATCH_SIZE.value, data_dir=_DATA_DIR.value
@@ -191,7 +199,8 @@ def main(argv):
         f"PGD-{_NUM_STEPS.value}, eps={_EPS.value}, step={_STEP_SIZE.value}, "
         f"batch={_BATCH_SIZE.value}, median of {_REPEATS.value} calls, "
         f"model={_MODEL.value or 'untrained madry_mnist + SoftQuantization'}, "
-        f"{os.cpu_count()} CPUs, TF {tf.__version__}\n"
+        f"{os.cpu_count()} CPUs, TF {tf.__version__}, "
+        f"inter-op threads {_INTER_OP_THREADS.value or 'default'}\n"
     )
     print("| implementation | images/s | accuracy left (float32 model) |")
     print("|---|---|---|")
@@ -207,6 +216,7 @@ def main(argv):
             "machine": throughput.machine_description(),
             "load_average_at_end": os.getloadavg()[0],
             "tensorflow": tf.__version__,
+            "inter_op_threads": _INTER_OP_THREADS.value,
             "rows": [
                 {"implementation": n, "images_per_second": s, "accuracy": a} for n, s, a in rows
             ],

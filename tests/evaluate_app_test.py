@@ -130,6 +130,7 @@ class EvaluateAppTest(parameterized.TestCase):
         ("negative_eps", ["--eps=-0.1"], "in [0, 1]"),
         ("zero_steps", ["--pgd_steps=0"], "--pgd_steps must be a positive integer"),
         ("zero_batch", ["--batch_size=0"], "--batch_size must be a positive integer"),
+        ("negative_threads", ["--inter_op_threads=-1"], "--inter_op_threads must be >= 0"),
         ("missing_model", ["--model=/nonexistent/model.keras"], "does not exist"),
         (
             "model_for_another_dataset",
