@@ -97,8 +97,9 @@ _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar per atta
 _INTER_OP_THREADS = flags.DEFINE_integer(
     "inter_op_threads",
     1,
-    "TensorFlow inter-op threads (0: TensorFlow's default). An attack is a chain of dependent "
-    "ops; on 2 CPU cores one inter-op thread made PGD 1.1-1.3x faster (README, Attack speed).",
+    "TensorFlow inter-op threads (0: TensorFlow's default, one per core). An attack is a chain "
+    "of dependent ops; on 2 CPU cores one inter-op thread was as fast or up to 1.3x faster "
+    "(README, Attack speed).",
 )
 
 
