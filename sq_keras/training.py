@@ -441,6 +441,7 @@ _RESUME_FREE_KEYS = (
     "data_dir",
     "overwrite",
     "environment",
+    "resumed_environments",
     "strategy",
     "keep_epoch_weights",
 )
@@ -504,6 +505,15 @@ def _prepare_model_dir(config):
                 f"{config.model_dir} holds a run with a different configuration:\n"
                 f"{lines}\nUse another --model_dir, or --overwrite to discard that run."
             )
+        previous_environment = previous.get("environment")
+        if not diffs and previous_environment is not None:
+            # A resumed run keeps the environment (commit, versions) it was
+            # started in; later ones are listed, each once in a row.
+            later = previous.get("resumed_environments", [])
+            if record["environment"] != (later[-1] if later else previous_environment):
+                later = later + [record["environment"]]
+            record["environment"] = previous_environment
+            record["resumed_environments"] = later
         if diffs:
             for name in ("checkpoints", "logs", "history.json", "results.json", "model.keras"):
                 target = os.path.join(config.model_dir, name)

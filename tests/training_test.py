@@ -118,6 +118,22 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual(third["export_path"], second["export_path"])
         self.assertLen(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")), 2)
 
+    def test_resumed_run_keeps_the_environment_it_was_started_in(self):
+        model_dir = self.create_tempdir().full_path
+        training.train(_config(model_dir, method="natural", epochs=1))
+        path = os.path.join(model_dir, "config.json")
+        with open(path) as f:
+            record = json.load(f)
+        record["environment"]["git_commit"] = "started-here"
+        with open(path, "w") as f:
+            json.dump(record, f)
+        for _ in range(2):  # Resumed, then rerun as is.
+            training.train(_config(model_dir, method="natural", epochs=2))
+        with open(path) as f:
+            record = json.load(f)
+        self.assertEqual(record["environment"]["git_commit"], "started-here")
+        self.assertEqual(record["resumed_environments"], [training.environment()])
+
     def test_different_run_in_model_dir_is_refused_unless_overwrite(self):
         model_dir = self.create_tempdir().full_path
         training.train(_config(model_dir, method="natural", train_examples=200))
