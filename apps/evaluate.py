@@ -1,11 +1,11 @@
 r"""Evaluates a classifier's l-inf robustness with a suite of strong attacks.
 
 Usage:
-  python -m apps.evaluate --model=runs/mnist_sq_noisy --num_examples=500
-  python -m apps.evaluate --model=runs/mnist_sq_noisy/model.keras \
+  python -m apps.evaluate --model=runs/mnist_sq_fgsm --num_examples=500
+  python -m apps.evaluate --model=runs/mnist_sq_fgsm/model.keras \
       --attacks=strong --eps=0.3 --pgd_steps=100 --restarts=5 \
       --square_queries=5000 --source_model=runs/mnist_natural \
-      --output=results/sq_noisy.json --logdir=results/tb
+      --output=results/sq_fgsm.json --logdir=results/tb
 
 --model is a .keras file or a training --model_dir (all attacks, BPDA
 included), or a SavedModel directory or training --export_dir of numbered
