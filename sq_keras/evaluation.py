@@ -139,15 +139,32 @@ class Target:
 # Loading.
 
 
-def _to_policy(model, policy):
+# Layers whose weights only enter through `cast(weight, compute_dtype)`: with
+# a mixed policy they may as well store them in the compute dtype (the same
+# rounding, done once instead of at every call).
+_CAST_ONLY_LAYERS = frozenset(
+    {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
+)
+
+
+def _to_policy(model, policy, *, weights_in_compute_dtype=True):
     """Rebuilds a functional model with `policy` on every layer, nested models'
     included, but the inputs, the soft quantizers and the output layers (which
-    stay float32)."""
+    stay float32).
+
+    The copy is for attacks, which never update weights: with a mixed policy
+    ("mixed_bfloat16"), plain convolution and Dense layers keep their weights
+    in the compute dtype if `weights_in_compute_dtype` (outputs identical,
+    no per-call cast of every kernel).
+    """
     config = model.get_config()
     entries = config.get("output_layers", [])
     if entries and isinstance(entries[0], str):  # A single output: [name, 0, 0].
         entries = [entries]
     outputs = {entry[0] for entry in entries}
+    compute_policy = policy
+    if weights_in_compute_dtype and policy.startswith("mixed_"):
+        compute_policy = policy[len("mixed_") :]
 
     def set_policy(layers):
         for layer in layers:
@@ -156,7 +173,8 @@ def _to_policy(model, policy):
             if "layers" in layer["config"]:  # A nested model.
                 set_policy(layer["config"]["layers"])
             elif layer["config"].get("name") not in outputs:
-                layer["config"]["dtype"] = policy
+                cast_only = layer["class_name"] in _CAST_ONLY_LAYERS
+                layer["config"]["dtype"] = compute_policy if cast_only else policy
 
     set_policy(config.get("layers", []))
     rebuilt = model.__class__.from_config(config)

@@ -400,16 +400,21 @@ class InputGradientModelTest(parameterized.TestCase):
         self.assertGreater(np.abs(grad).max(), 1e-3)
         np.testing.assert_allclose(fast_grad, grad, rtol=0, atol=1e-5 * np.abs(grad).max())
 
-    def test_bfloat16_layers_keep_tensorflows_gradient(self):
-        # With bfloat16 compute TensorFlow's own gradients were the faster ones:
-        # nothing is rewritten and the gradient is exactly TensorFlow's.
+    def test_bfloat16_gradients_as_accurate_as_tensorflows(self):
+        # In bfloat16 the one-channel conv's input gradient is rewritten (the
+        # Dense layers keep TensorFlow's): measured against the float32
+        # gradient, ours must be as accurate as TensorFlow's own bfloat16 one.
         model = madry_cnn("mixed_bfloat16")
+        reference = madry_cnn()
         x, y = eval_data(40)
+        _, exact = _input_gradient(model_fn_of(reference), x, y)
         logits, grad = _input_gradient(model_fn_of(model), x, y)
         fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
         np.testing.assert_array_equal(fast_logits, logits)
-        self.assertGreater(np.abs(grad).max(), 1e-3)
-        np.testing.assert_array_equal(fast_grad, grad)
+        self.assertGreater(np.abs(exact).max(), 1e-3)
+        tf_error = np.abs(grad - exact).mean()
+        self.assertLess(np.abs(fast_grad - exact).mean(), 1.05 * tf_error)
+        self.assertGreater(np.mean(np.sign(fast_grad) == np.sign(grad)), 0.99)
 
     def test_other_layers_keep_tensorflows_gradient(self):
         # Strided convolutions and a softmax Dense on a 3-D input are left alone.

@@ -334,7 +334,13 @@ class LoadTest(parameterized.TestCase):
         policies = {layer.name: layer.dtype_policy.name for layer in target.keras_model.layers}
         self.assertEqual(policies["soft_quantization"], "float32")
         self.assertEqual(policies["logits"], "float32")
-        self.assertEqual(policies["conv1"], "mixed_bfloat16")
+        # Convolution and Dense weights are stored in bfloat16 (attacks never
+        # update them); their outputs equal the mixed policy's exactly.
+        self.assertEqual(policies["conv1"], "bfloat16")
+        mixed = evaluation._to_policy(model, "mixed_bfloat16", weights_in_compute_dtype=False)
+        self.assertEqual(mixed.get_layer("conv1").dtype_policy.name, "mixed_bfloat16")
+        images, _ = examples(50)
+        np.testing.assert_array_equal(target.keras_model(images), mixed(images))
         images, labels = examples(100)
         agree = np.mean(np.argmax(target.model_fn(images), -1) == np.argmax(model(images), -1))
         self.assertGreater(agree, 0.95)
