@@ -42,6 +42,8 @@ steps and restarts. Hence, with a fixed `seed`, more steps or more restarts can
 never raise the robust accuracy they report.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -769,14 +771,59 @@ def _dense_input_gradient(layer, inputs, outputs, upstream):
     return tf.transpose(tf.matmul(kernel, g, transpose_b=True))
 
 
-def _conv_input_gradient(layer, inputs, outputs, upstream):
+def _relu_then_max_pool(layer, model_outputs):
+    """A ReLU Conv2D (channels last) whose output feeds one MaxPooling2D only.
+
+    ReLU is monotone, so max-pooling the pre-activations and then applying
+    ReLU gives exactly the model's values, and ReLU's gradient then runs on
+    the pooled tensor (a quarter of the entries for 2x2 pools).
+    """
+    outbound = getattr(layer, "_outbound_nodes", None) or []
+    inbound = getattr(layer, "_inbound_nodes", None) or []
+    return (
+        type(layer) is keras.layers.Conv2D
+        and _relu_or_linear(layer) == "relu"
+        and layer.data_format == "channels_last"
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+        and len(inbound) == 1
+        and len(outbound) == 1
+        and type(outbound[0].operation) is keras.layers.MaxPooling2D
+        and id(layer.output) not in model_outputs
+    )
+
+
+def _conv_pre_activation(layer, inputs):
+    # Keras's own Conv call (BaseConv.call) without the activation.
+    dtype = layer.compute_dtype
+    outputs = layer.convolution_op(
+        keras.ops.cast(inputs, dtype), keras.ops.cast(layer.kernel, dtype)
+    )
+    if layer.use_bias:
+        bias_shape = (1,) * (layer.rank + 1) + (layer.filters,)
+        outputs = keras.ops.add(
+            outputs, keras.ops.reshape(keras.ops.cast(layer.bias, dtype), bias_shape)
+        )
+    return outputs
+
+
+def _output_ids(model):
+    """ids of the output tensors of `model` and of the models nested in it."""
+    ids = {id(t) for t in keras.tree.flatten(model.outputs)}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            ids |= _output_ids(layer)
+    return ids
+
+
+def _conv_input_gradient(layer, inputs, outputs, upstream, *, activation=True):
     # For one input channel and an odd k x k kernel w with 'same' padding p,
     # dx[i, j] = sum_{u, v, c} g[i - u + p, j - v + p, c] w[u, v, c]: a
     # depthwise correlation of g with the flipped kernel, summed over
     # channels. CPU kernels run it ~4x faster than the transposed
     # convolution with a single output channel that TensorFlow registers.
     del inputs
-    g = _activation_backward(layer, outputs, upstream)
+    g = _activation_backward(layer, outputs, upstream) if activation else upstream
     kernel = tf.cast(layer.kernel, g.dtype)  # [kh, kw, 1, channels]
     flipped = tf.transpose(tf.reverse(kernel, axis=[0, 1]), [0, 1, 3, 2])
     per_channel = tf.nn.depthwise_conv2d(g, flipped, strides=[1, 1, 1, 1], padding="SAME")
@@ -791,9 +838,11 @@ def input_gradient_model(model, *, quantizer_backward=None):
     'same' Conv2D layers on a single input channel get hand-written input
     gradients that are mathematically equal to TensorFlow's but avoid slow
     CPU kernels (a matmul with a transposed large operand; a transposed
-    convolution with one output channel). Parameter gradients are not
-    computed: the returned function is for attacks, which differentiate with
-    respect to the input only.
+    convolution with one output channel). A ReLU Conv2D read only by a
+    MaxPooling2D applies its ReLU after the pool instead (the same values, as
+    ReLU is monotone; ReLU's gradient then runs on the pooled tensor).
+    Parameter gradients are not computed: the returned function is for
+    attacks, which differentiate with respect to the input only.
 
     Args:
         model: A functional or sequential `keras.Model`.
@@ -805,11 +854,17 @@ def input_gradient_model(model, *, quantizer_backward=None):
         `model_fn(images) -> logits`.
     """
 
-    def rewritten(layer, backward):
+    model_outputs = _output_ids(model)
+    pre_activations = set()  # ids of conv outputs whose ReLU moves after the pool
+
+    def rewritten(layer, backward, forward_fn=None):
         def call(inputs):
             @tf.custom_gradient
             def forward(x):
-                outputs = layer(x, training=False)
+                if forward_fn is None:
+                    outputs = layer(x, training=False)
+                else:
+                    outputs = forward_fn(layer, x)
 
                 def gradient(upstream, variables=None):
                     dx = backward(layer, x, outputs, upstream)
@@ -819,9 +874,29 @@ def input_gradient_model(model, *, quantizer_backward=None):
 
             return forward(inputs)
 
-        return keras.layers.Lambda(call, name=f"{layer.name}_input_gradient")
+        return keras.layers.Lambda(
+            call, name=f"{layer.name}_input_gradient", dtype=layer.dtype_policy
+        )
 
     def call_function(layer, *args, **kwargs):
+        if _relu_then_max_pool(layer, model_outputs):
+            if _plain_single_channel_conv(layer):
+                backward = functools.partial(_conv_input_gradient, activation=False)
+                outputs = rewritten(layer, backward, _conv_pre_activation)(args[0])
+            else:
+                outputs = keras.layers.Lambda(
+                    lambda x: _conv_pre_activation(layer, x),
+                    name=f"{layer.name}_linear",
+                    dtype=layer.dtype_policy,
+                )(args[0])
+            pre_activations.add(id(outputs))
+            return outputs
+        if type(layer) is keras.layers.MaxPooling2D and id(args[0]) in pre_activations:
+            return keras.layers.Lambda(
+                lambda x: keras.ops.relu(layer(x, training=False)),
+                name=f"{layer.name}_relu",
+                dtype=layer.dtype_policy,
+            )(args[0])
         backward = None
         if isinstance(layer, SoftQuantization) and quantizer_backward is not None:
             backward = quantizer_backward

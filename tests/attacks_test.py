@@ -431,6 +431,24 @@ class InputGradientModelTest(parameterized.TestCase):
         np.testing.assert_array_equal(fast_logits, logits)
         np.testing.assert_array_equal(fast_grad, grad)
 
+    def test_relu_after_pool_only_where_the_pool_alone_reads_the_conv(self):
+        # conv_a feeds only a max pool (its ReLU may move after the pool);
+        # conv_b also feeds a Flatten, which must keep seeing ReLU outputs.
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((28, 28, 1))
+        a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+        a = keras.layers.MaxPooling2D(2, name="pool_a")(a)
+        b = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_b")(a)
+        pooled = keras.layers.Flatten()(keras.layers.MaxPooling2D(2, padding="same")(b))
+        both = keras.layers.Concatenate()([pooled, keras.layers.Flatten()(b)])
+        model = keras.Model(inputs, keras.layers.Dense(10)(both))
+        x, y = eval_data(30)
+        logits, grad = _input_gradient(model_fn_of(model), x, y)
+        fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
+        np.testing.assert_array_equal(fast_logits, logits)
+        self.assertGreater(np.abs(grad).max(), 1e-3)
+        np.testing.assert_allclose(fast_grad, grad, rtol=0, atol=1e-5 * np.abs(grad).max())
+
     def test_pgd_finds_the_same_examples(self):
         model = madry_cnn()
         x, y = eval_data(60)
