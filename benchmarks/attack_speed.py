@@ -6,8 +6,8 @@ one batch and one machine, and prints a Markdown table of images/s (median of
 warm-up call each), of our speed-up over the fastest of cleverhans, foolbox
 and ART, and of the accuracy each implementation leaves. With --processes=N
 the whole measurement runs in N fresh processes in turn and the table gives
-medians and (min-max) over them: the same attack runs at different speeds in
-different processes of one machine.
+medians and (min-max) over them: the speed of one machine drifts over minutes,
+so a single run can mislead.
 
 Usage:
   python benchmarks/attack_speed.py --model=runs/mnist_sq_noisy/model.keras \
@@ -218,11 +218,10 @@ def _speedups(rows):
 def _in_subprocesses(count):
     """Runs the benchmark in `count` fresh processes, one after another.
 
-    The same traced attack runs at different speeds in different processes
-    of one machine (README, Attack speed); every process times all
-    implementations round-robin, so each one's speed-up is a paired
-    measurement, and the spread over processes shows how far one run is from
-    the typical one.
+    The machine's speed drifts over minutes (README, Attack speed); every
+    process times all implementations round-robin, so each one's speed-up is
+    a paired measurement, and the spread over processes shows how far one
+    run is from the typical one.
     """
     flags_given = [
         f"--{flag.name}={flag.value}"
