@@ -40,7 +40,6 @@ from absl import logging  # noqa: E402
 from sq_keras import attacks  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import models  # noqa: E402
-from sq_keras import throughput  # noqa: E402
 from sq_keras import training  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model; default: untrained madry_mnist.")
@@ -308,7 +307,7 @@ def main(argv):
             "command": " ".join(["python", "benchmarks/attack_speed.py", *sys.argv[1:]]),
             "commit": training.environment()["git_commit"],
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": throughput.machine_description(),
+            "machine": training.machine_description(),
             "load_average_at_end": os.getloadavg()[0],
             "tensorflow": tf.__version__,
             "inter_op_threads": _INTER_OP_THREADS.value,

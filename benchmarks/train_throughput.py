@@ -96,7 +96,7 @@ def main(argv):
             "repeats": _REPEATS.value,
             "pgd_steps": config.pgd_steps,
             "policy": policy,
-            "machine": throughput.machine_description(),
+            "machine": training.machine_description(),
             "tensorflow": tf.__version__,
             "commit": commit,
             "date": time.strftime("%Y-%m-%d"),

@@ -16,8 +16,6 @@ costs["pgd_at"]["seconds_per_step"] / costs["natural"]["seconds_per_step"]
 ```
 """
 
-import os
-import platform
 import statistics
 import time
 
@@ -124,17 +122,3 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None):
             "all_repeats_seconds": values,
         }
     return results
-
-
-def machine_description():
-    """`"<arch>, <n> cpus, <CPU model>"` of this machine, for benchmark records."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cpus, {cpu}"

@@ -462,6 +462,20 @@ def _git_commit():
     return out.stdout.strip() or None
 
 
+def machine_description():
+    """`"<arch>, <n> cpus, <CPU model>"` of this machine, recorded beside results."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cpus, {cpu}"
+
+
 def environment():
     """Versions, git commit and machine, recorded beside results."""
     return {
@@ -470,7 +484,7 @@ def environment():
         "keras": keras.__version__,
         "python": platform.python_version(),
         "git_commit": _git_commit(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "machine": machine_description(),
     }
 
 

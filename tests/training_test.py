@@ -60,6 +60,13 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual(config["eps"], 0.3)
         self.assertEqual(config["noise_scale"], 0.3)
         self.assertIn("tensorflow", config["environment"])
+        # The machine record names the CPU model, as the benchmarks' do.
+        self.assertEqual(config["environment"]["machine"], training.machine_description())
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as f:
+                cpus = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            if cpus:
+                self.assertTrue(config["environment"]["machine"].endswith(cpus[0]))
         loaded = keras.models.load_model(os.path.join(model_dir, "model.keras"))
         self.assertEqual(loaded.count_params(), 3274634)
         self.assertTrue(any("test acc" in line for line in lines))
