@@ -188,8 +188,9 @@ def _gradient_step(model_fn, loss_fn):
     and backward ops of a step become one cycle of the lowered loop graph;
     oneDNN's graph rewrite then visits them in an order that depends on the
     trace, and when it meets a MaxPoolGrad before its MaxPool it leaves it on
-    the generic kernel (measured 2 ms instead of 0.15 ms per 100-image step in
-    bfloat16, so some traced attacks ran ~1.4x slower than others). A separate
+    the generic kernel (measured 2 ms instead of 0.14 ms per MaxPoolGrad on
+    100 images in bfloat16, so some traced attacks ran ~1.4x slower than
+    others of the same graph). A separate
     function body has no cycle, so every trace gets the same kernels.
     """
     return tf.function(
