@@ -221,8 +221,10 @@ def load_target(path, *, policy="float32"):
             `images` in [0, 1] and returns `logits` (every attack but BPDA).
         policy: Keras dtype policy for a functional `.keras` model's hidden
             layers, whatever policy it was trained under: "float32" (exact)
-            or e.g. "mixed_bfloat16" (faster on CPUs with native bfloat16);
-            quantizers and logits stay float32. None keeps the saved policy.
+            or e.g. "mixed_bfloat16" (faster on CPUs with native bfloat16;
+            convolution and Dense weights are then stored in bfloat16, which
+            gives the same outputs); quantizers and logits stay float32.
+            None keeps the saved policy.
 
     Returns:
         A `Target`.
