@@ -389,16 +389,21 @@ def madry_cnn(policy="float32"):
 
 
 class InputGradientModelTest(parameterized.TestCase):
-    def test_float32_outputs_and_gradients_equal_tensorflows(self):
-        # Madry CNN: a one-channel 'same' 5x5 Conv2D and float32 Dense layers,
-        # the layers whose input gradients are rewritten.
-        model = madry_cnn()
-        x, y = eval_data(40)
+    def assert_same_outputs_and_gradients(self, model, x, y):
+        """`input_gradient_model`: TensorFlow's outputs exactly, its input
+        gradient to 1e-5 of the largest entry."""
         logits, grad = _input_gradient(model_fn_of(model), x, y)
         fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
         np.testing.assert_array_equal(fast_logits, logits)
         self.assertGreater(np.abs(grad).max(), 1e-3)
         np.testing.assert_allclose(fast_grad, grad, rtol=0, atol=1e-5 * np.abs(grad).max())
+
+    def test_float32_outputs_and_gradients_equal_tensorflows(self):
+        # Madry CNN: a one-channel 'same' 5x5 Conv2D and float32 Dense layers,
+        # the layers whose input gradients are rewritten.
+        model = madry_cnn()
+        x, y = eval_data(40)
+        self.assert_same_outputs_and_gradients(model, x, y)
 
     def test_bfloat16_gradients_as_accurate_as_tensorflows(self):
         # In bfloat16 the one-channel conv's input gradient is rewritten (the
@@ -443,11 +448,7 @@ class InputGradientModelTest(parameterized.TestCase):
         both = keras.layers.Concatenate()([pooled, keras.layers.Flatten()(b)])
         model = keras.Model(inputs, keras.layers.Dense(10)(both))
         x, y = eval_data(30)
-        logits, grad = _input_gradient(model_fn_of(model), x, y)
-        fast_logits, fast_grad = _input_gradient(attacks.input_gradient_model(model), x, y)
-        np.testing.assert_array_equal(fast_logits, logits)
-        self.assertGreater(np.abs(grad).max(), 1e-3)
-        np.testing.assert_allclose(fast_grad, grad, rtol=0, atol=1e-5 * np.abs(grad).max())
+        self.assert_same_outputs_and_gradients(model, x, y)
 
     def test_pgd_finds_the_same_examples(self):
         model = madry_cnn()
