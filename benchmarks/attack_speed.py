@@ -40,7 +40,7 @@ from absl import logging  # noqa: E402
 from sq_keras import attacks  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import models  # noqa: E402
-from sq_keras import training  # noqa: E402
+from sq_keras import provenance  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model; default: untrained madry_mnist.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch.")
@@ -305,9 +305,9 @@ def main(argv):
     if _OUTPUT.value:
         payload = {
             "command": " ".join(["python", "benchmarks/attack_speed.py", *sys.argv[1:]]),
-            "commit": training.environment()["git_commit"],
+            "commit": provenance.environment()["git_commit"],
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": training.machine_description(),
+            "machine": provenance.machine_description(),
             "load_average_at_end": os.getloadavg()[0],
             "tensorflow": tf.__version__,
             "inter_op_threads": _INTER_OP_THREADS.value,

@@ -34,6 +34,7 @@ from absl import logging  # noqa: E402
 
 from sq_keras import data  # noqa: E402
 from sq_keras import precision  # noqa: E402
+from sq_keras import provenance  # noqa: E402
 from sq_keras import throughput  # noqa: E402
 from sq_keras import training  # noqa: E402
 
@@ -86,7 +87,7 @@ def main(argv):
             f"| {ratio:.2f}x |"
         )
     if _OUTPUT.value:
-        commit = training.environment()["git_commit"]
+        commit = provenance.environment()["git_commit"]
         payload = {
             "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
             "dataset": _DATASET.value,
@@ -96,7 +97,7 @@ def main(argv):
             "repeats": _REPEATS.value,
             "pgd_steps": config.pgd_steps,
             "policy": policy,
-            "machine": training.machine_description(),
+            "machine": provenance.machine_description(),
             "tensorflow": tf.__version__,
             "commit": commit,
             "date": time.strftime("%Y-%m-%d"),

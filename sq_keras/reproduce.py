@@ -24,6 +24,7 @@ import numpy as np
 
 from sq_keras import data
 from sq_keras import evaluation
+from sq_keras import provenance
 from sq_keras import throughput
 from sq_keras import training
 
@@ -716,7 +717,7 @@ def run(
         "train_examples": train_examples,
         "holdout_examples": holdout_examples,
         "test_unselected": test_unselected,
-        "environment": training.environment(),
+        "environment": provenance.environment(),
         "selection": selection,
         "reference_curve": curve,
         "rows": rows,

@@ -25,12 +25,9 @@ Layout of `model_dir`:
 """
 
 import dataclasses
-import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,13 +36,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import sq_keras
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import distribute
 from sq_keras import export
+from sq_keras import jsonio
 from sq_keras import layers
 from sq_keras import models
+from sq_keras import provenance
 
 
 class TrainingError(RuntimeError):
@@ -447,65 +445,12 @@ _RESUME_FREE_KEYS = (
 )
 
 
-def _git_commit():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def machine_description():
-    """`"<arch>, <n> cpus, <CPU model>"` of this machine, recorded beside results."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cpus, {cpu}"
-
-
-def environment():
-    """Versions, git commit and machine, recorded beside results."""
-    return {
-        "sq_keras": sq_keras.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-        "machine": machine_description(),
-    }
-
-
-def _write_json(path, payload):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def _prepare_model_dir(config):
     """Creates `model_dir`, refusing to mix a different run into it."""
     path = os.path.join(config.model_dir, "config.json")
-    record = {**dataclasses.asdict(config), "environment": environment()}
+    record = {**dataclasses.asdict(config), "environment": provenance.environment()}
     if os.path.exists(path):
-        previous = _read_json(path)
+        previous = jsonio.read_json(path)
         # A run recorded before an option existed ran with its default.
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         diffs = {
@@ -537,7 +482,7 @@ def _prepare_model_dir(config):
                     os.remove(target)
     try:
         os.makedirs(config.model_dir, exist_ok=True)
-        _write_json(path, record)
+        jsonio.write_json(path, record, sort_keys=True)
     except OSError as e:
         raise TrainingError(f"Cannot write to --model_dir {config.model_dir}: {e}") from e
 
@@ -835,7 +780,7 @@ def train(config, *, log=_log, strategy=None):
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
         if os.path.exists(history_path):
-            history = _read_json(history_path)[: int(epoch_var.numpy())]
+            history = jsonio.read_json(history_path)[: int(epoch_var.numpy())]
         log(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}).")
 
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs"))
@@ -931,7 +876,7 @@ def train(config, *, log=_log, strategy=None):
         # the resumed run truncates history to the checkpoint's epoch.
         history.append(record)
         if chief:
-            _write_json(history_path, history)
+            jsonio.write_json(history_path, history, sort_keys=True)
         if chief and config.keep_epoch_weights:
             _save_epoch_weights(model, config.model_dir, epoch + 1)
         epoch_var.assign(epoch + 1)
@@ -972,7 +917,7 @@ def train(config, *, log=_log, strategy=None):
     previous_results = os.path.join(config.model_dir, "results.json")
     if config.export_dir and first_epoch == config.epochs and os.path.exists(previous_results):
         # Nothing was trained: keep the export of the finished run.
-        results["export_path"] = _read_json(previous_results).get("export_path")
+        results["export_path"] = jsonio.read_json(previous_results).get("export_path")
         log("The run had already finished; nothing trained, nothing exported.")
     elif config.export_dir:
         metadata = {
@@ -981,7 +926,7 @@ def train(config, *, log=_log, strategy=None):
             "eps": config.eps,
             "class_names": list(source.class_names),
             "test_accuracy": results["test_accuracy"],
-            **environment(),
+            **provenance.environment(),
         }
         try:
             path = export.export_saved_model(model, config.export_dir, metadata=metadata)
@@ -989,7 +934,7 @@ def train(config, *, log=_log, strategy=None):
             raise TrainingError(f"Cannot export to {config.export_dir}: {e}") from e
         results["export_path"] = path
         log(f"Exported SavedModel to {path}")
-    _write_json(os.path.join(config.model_dir, "results.json"), results)
+    jsonio.write_json(os.path.join(config.model_dir, "results.json"), results, sort_keys=True)
     log(
         f"Done: test accuracy {results['test_accuracy']:.4f} after {len(history)} "
         f"epochs, {results['total_train_seconds']:.0f}s of training."

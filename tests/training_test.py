@@ -13,6 +13,7 @@ from absl.testing import parameterized
 from tensorboard.backend.event_processing import event_accumulator
 
 from sq_keras import data
+from sq_keras import provenance
 from sq_keras import training
 from sq_keras.data import datasets
 from tests.testing_utils import write_fake_dataset
@@ -61,7 +62,7 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual(config["noise_scale"], 0.3)
         self.assertIn("tensorflow", config["environment"])
         # The machine record names the CPU model, as the benchmarks' do.
-        self.assertEqual(config["environment"]["machine"], training.machine_description())
+        self.assertEqual(config["environment"]["machine"], provenance.machine_description())
         if os.path.exists("/proc/cpuinfo"):
             with open("/proc/cpuinfo") as f:
                 cpus = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
@@ -139,7 +140,7 @@ class TrainTest(parameterized.TestCase):
         with open(path) as f:
             record = json.load(f)
         self.assertEqual(record["environment"]["git_commit"], "started-here")
-        self.assertEqual(record["resumed_environments"], [training.environment()])
+        self.assertEqual(record["resumed_environments"], [provenance.environment()])
 
     def test_different_run_in_model_dir_is_refused_unless_overwrite(self):
         model_dir = self.create_tempdir().full_path

@@ -1,0 +1,66 @@
+"""Where a result came from: versions, git commit and machine.
+
+Every file of results (training's `config.json` and SavedModel metadata,
+the reproduction tables, the benchmarks' JSON) records `environment()`, so a
+number can be traced to the code and the CPU that produced it.
+
+```python
+from sq_keras import provenance
+
+provenance.environment()
+# {"sq_keras": "0.1.0", "tensorflow": "2.21.0", "keras": "3.15.1",
+#  "python": "3.11.7", "git_commit": "fdb0cbc...",
+#  "machine": "x86_64, 2 cpus, Intel(R) Xeon(R) Processor"}
+```
+"""
+
+import os
+import platform
+import subprocess
+
+import keras
+import tensorflow as tf
+
+import sq_keras
+
+
+def git_commit():
+    """The commit of the checkout sq_keras runs from, or None outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_description():
+    """`"<arch>, <n> cpus, <CPU model>"` of this machine, recorded beside results."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cpus, {cpu}"
+
+
+def environment():
+    """Versions, git commit and machine, recorded beside results."""
+    return {
+        "sq_keras": sq_keras.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "machine": machine_description(),
+    }
