@@ -168,15 +168,39 @@ def _uniform_ball(x, eps, seed):
     )
 
 
+def loss_gradient(model_fn, x, y, loss="ce"):
+    """Per-example losses, float32 logits and the input gradient of their sum.
+
+    The one place the input gradient of a loss is computed: attacks step
+    along it, training penalises its norm (`gradnorm`, differentiable when
+    called under an outer tape) and monitors it (`grad_l1`), and the
+    evaluator counts examples where it vanishes.
+
+    Args:
+        model_fn: Callable mapping images to logits.
+        x: Images, float tensor.
+        y: True labels, int `[N]`.
+        loss: A name of `LOSSES` or a callable `(float32 logits, y) -> [N]`.
+
+    Returns:
+        `(losses, logits, gradient)`; `gradient` has the shape of `x` and is
+        zero when the model does not depend on its input.
+    """
+    loss_fn = loss if callable(loss) else _loss_fn(loss)
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(model_fn(x), tf.float32)
+        losses = loss_fn(logits, y)
+    gradient = tape.gradient(losses, x)
+    if gradient is None:  # The model does not depend on its input at all.
+        gradient = tf.zeros_like(x)
+    return losses, logits, gradient
+
+
 def _loss_and_gradient(model_fn, x_adv, y, loss_fn):
     """Per-example losses, fooled mask and d(sum of losses)/dx at `x_adv`."""
-    with tf.GradientTape() as tape:
-        tape.watch(x_adv)
-        logits = tf.cast(model_fn(x_adv), tf.float32)
-        losses = loss_fn(logits, y)
-    gradient = tape.gradient(losses, x_adv)
-    if gradient is None:  # The model does not depend on its input at all.
-        gradient = tf.zeros_like(x_adv)
+    losses, logits, gradient = loss_gradient(model_fn, x_adv, y, loss_fn)
     fooled = tf.not_equal(tf.argmax(logits, -1, output_type=tf.int64), y)
     return losses, fooled, gradient
 

@@ -526,11 +526,7 @@ def zero_gradient_shares(model_fn, images, labels, *, batch_size=250):
 
     @tf.function
     def gradient(x, y):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = attack_lib.margin_loss(tf.cast(model_fn(x), tf.float32), y)
-        g = tape.gradient(loss, x)
-        return tf.zeros_like(x) if g is None else g
+        return attack_lib.loss_gradient(model_fn, x, y, "margin")[2]
 
     zero_examples, zero_entries, entries = 0, 0, 0
     for a, b in _batches(len(images), batch_size):

@@ -221,13 +221,9 @@ def gradnorm_loss(model, images, labels, *, eps, weight, training=True):
         `(per_example_loss, logits, l1)`, with `l1` the per-example l1 norm
         of the input gradient of the cross-entropy (differentiable).
     """
-    images = tf.convert_to_tensor(images)
-    with tf.GradientTape() as inner:
-        inner.watch(images)
-        logits = model(images, training=training)
-        per_example = _cross_entropy(labels, logits)
-        total = tf.reduce_sum(per_example)
-    grad = inner.gradient(total, images)
+    per_example, logits, grad = attacks.loss_gradient(
+        lambda x: model(x, training=training), images, labels
+    )
     l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
     l1 = tf.cast(l1, per_example.dtype)
     return per_example + weight * eps * l1, logits, l1
@@ -659,13 +655,7 @@ def input_gradient_stats(model, images, labels):
         exactly zero (a sign of saturated, gradient-masking units).
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(images)
-        logits = tf.cast(model(images, training=False), tf.float32)
-        loss = tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        )
-    grad = tape.gradient(loss, images)
+    _, _, grad = attacks.loss_gradient(lambda x: model(x, training=False), images, labels)
     l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
     zero = tf.reduce_mean(tf.cast(tf.equal(grad, 0.0), tf.float32))
     return float(tf.reduce_mean(l1)), float(zero)
