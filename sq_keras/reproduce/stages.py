@@ -1,4 +1,4 @@
-"""The stages of a comparison, each cached in the runs directory.
+"""The stages of a comparison; the costly ones are cached in the runs directory.
 
 `run` calls them in order: `train_all` (resuming runs), `time_steps` (the
 round-robin step timing that sets the cost ratios), `select_on_holdout` and
