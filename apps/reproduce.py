@@ -5,11 +5,12 @@ Usage:
   python -m apps.reproduce --variants=natural,sq_noisy,pgd_at --epochs=2 \
       --num_examples=500 --output_dir=results
 
-Writes <output_dir>/<dataset>.json, <dataset>.md and two figures; runs live in
+Writes <output_dir>/<dataset>.json, <dataset>.md and the figures; runs live in
 --runs_dir, one directory per variant. A stopped reproduction resumes where
 it stopped when rerun with the same flags.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -21,7 +22,6 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from sq_keras import data  # noqa: E402
-from sq_keras import evaluation  # noqa: E402
 from sq_keras import precision  # noqa: E402
 from sq_keras import reproduce  # noqa: E402
 from sq_keras import training  # noqa: E402
@@ -44,11 +44,23 @@ _CURVE_EXAMPLES = flags.DEFINE_integer(
     None,
     "Test images scoring pgd_at after each epoch (default --num_examples; 0 skips).",
 )
-_ATTACKS = flags.DEFINE_list("attacks", ["strong"], "Attacks or presets of apps.evaluate.")
-_EPS = flags.DEFINE_list("eps", ["0.3"], "Radii of the sweep; the first is the table's.")
-_PGD_STEPS = flags.DEFINE_integer("pgd_steps", 100, "Steps of PGD-type attacks.")
-_RESTARTS = flags.DEFINE_integer("restarts", 5, "Restarts of PGD-type attacks.")
-_SQUARE_QUERIES = flags.DEFINE_integer("square_queries", 5000, "Square Attack queries.")
+_ATTACKS = flags.DEFINE_list(
+    "attacks", list(reproduce.DEFAULT_ATTACKS), "Attacks or presets of apps.evaluate."
+)
+_EPS = flags.DEFINE_list(
+    "eps",
+    [str(e) for e in reproduce.DEFAULT_EPS_VALUES],
+    "Radii of the sweep; the first is the table's.",
+)
+_PGD_STEPS = flags.DEFINE_integer(
+    "pgd_steps", reproduce.DEFAULT_SETTINGS.pgd_steps, "Steps of PGD-type attacks."
+)
+_RESTARTS = flags.DEFINE_integer(
+    "restarts", reproduce.DEFAULT_SETTINGS.restarts, "Restarts of PGD-type attacks."
+)
+_SQUARE_QUERIES = flags.DEFINE_integer(
+    "square_queries", reproduce.DEFAULT_SETTINGS.square_queries, "Square Attack queries."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Training and attack seed.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/reproduce", "One run directory per variant.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results", "Where the table and figures go.")
@@ -65,21 +77,27 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 )
 
 
+def _chosen_variants():
+    """The `--variants` of `--dataset`'s comparison, all of them by default."""
+    known = {v.name: v for v in reproduce.VARIANTS[_DATASET.value]}
+    names = _VARIANTS.value or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise app.UsageError(f"Unknown variants {unknown}. Valid: {', '.join(known)}.")
+    return [known[n] for n in names]
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     policy = precision.set_policy(_MIXED_PRECISION.value)
-    known = {v.name: v for v in reproduce.VARIANTS[_DATASET.value]}
-    names = _VARIANTS.value or list(known)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise app.UsageError(f"Unknown variants {unknown}. Valid: {', '.join(known)}.")
+    variants = _chosen_variants()
     try:
         eps_values = [float(e) for e in _EPS.value]
         payload = reproduce.run(
-            [known[n] for n in names],
+            variants,
             dataset=_DATASET.value,
             epochs=_EPOCHS.value,
             runs_dir=_RUNS_DIR.value,
@@ -87,7 +105,8 @@ def main(argv):
             num_examples=_NUM_EXAMPLES.value,
             attacks=_ATTACKS.value,
             eps_values=eps_values,
-            settings=evaluation.AttackSettings(
+            settings=dataclasses.replace(
+                reproduce.DEFAULT_SETTINGS,
                 pgd_steps=_PGD_STEPS.value,
                 restarts=_RESTARTS.value,
                 square_queries=_SQUARE_QUERIES.value,
@@ -106,7 +125,7 @@ def main(argv):
     except (ValueError, data.DataError, training.TrainingError) as e:
         raise SystemExit(f"Error: {e}") from None
     if payload is None:
-        print(f"Trained {', '.join(names)} in {_RUNS_DIR.value}.")
+        print(f"Trained {', '.join(v.name for v in variants)} in {_RUNS_DIR.value}.")
         return
     print(f"Wrote {os.path.join(_OUTPUT_DIR.value, payload['dataset'])}.json/.md and figures.")
 

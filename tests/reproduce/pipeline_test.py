@@ -1,4 +1,4 @@
-"""Tests for sq_keras.reproduce: a tiny side-by-side run on real MNIST."""
+"""Tests for sq_keras.reproduce.pipeline: a tiny side-by-side run on real MNIST."""
 
 import json
 import os
@@ -133,18 +133,6 @@ class ReproduceTest(parameterized.TestCase):
         self.assertEqual(os.path.getmtime(report), stamp)
         with open(os.path.join(out, "mnist.json")) as f:
             self.assertEqual(json.load(f)["rows"], json.loads(json.dumps(again["rows"])))
-
-    def test_epochs_to_reach(self):
-        curve = {
-            "points": [
-                {"epoch": 1, "train_seconds": 10.0, "robust_accuracy": 50.0},
-                {"epoch": 2, "train_seconds": 20.0, "robust_accuracy": 80.0},
-                {"epoch": 3, "train_seconds": 30.0, "robust_accuracy": 79.0},
-            ]
-        }
-        self.assertEqual(reproduce.epochs_to_reach(curve, 40.0), 1)
-        self.assertEqual(reproduce.epochs_to_reach(curve, 79.5), 2)
-        self.assertIsNone(reproduce.epochs_to_reach(curve, 80.5))
 
     def test_holdout_needs_train_examples(self):
         with self.assertRaisesRegex(ValueError, "train_examples"):

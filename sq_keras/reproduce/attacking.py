@@ -1,0 +1,214 @@
+"""The comparison's only door into `sq_keras.evaluation`.
+
+Attacks one variant with the suite (cached by its report file, so a rerun
+attacks nothing twice) and scores the reference after each epoch (cached in
+`curve.json`). Everything else in the package reads the reports as the JSON
+dicts written to disk.
+
+```python
+suite = Suite(dataset="mnist", runs_dir="runs/reproduce", attacks=resolve_attacks(["strong"]),
+              settings=DEFAULT_SETTINGS, source=None, eval_policy="float32", log=print)
+report = attack_variant(suite, variant, load_split("mnist", "test", num_examples=1000),
+                        eps_values=[0.3])
+```
+"""
+
+import dataclasses
+import os
+from typing import Any
+from typing import Callable
+
+import numpy as np
+
+from sq_keras import data
+from sq_keras import evaluation
+from sq_keras import jsonio
+from sq_keras import training
+from sq_keras.reproduce.variants import CURVE_ATTACKS
+from sq_keras.reproduce.variants import REFERENCE
+
+# PGD-100 with 5 restarts and 5000 Square queries: the strongest setting
+# measured, and the one the published comparison used.
+DEFAULT_SETTINGS = evaluation.AttackSettings(pgd_steps=100, restarts=5, square_queries=5000)
+
+
+def eps_key(eps):
+    """The key of `eps` in a report's per-eps results (`f"{eps:g}"`)."""
+    return f"{eps:g}"
+
+
+def resolve_attacks(attacks):
+    """Attack names of the suite, presets expanded, in suite order."""
+    return evaluation.resolve_attacks(list(attacks))
+
+
+def table_columns(attack_names):
+    """The table's attack columns: the suite, then the doubled-steps PGD check."""
+    return attack_names + [evaluation.DOUBLED]
+
+
+def load_run(run_dir, *, policy):
+    """The trained model of `run_dir` as an attack target in dtype `policy`."""
+    return evaluation.load_target(run_dir, policy=policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """Images to attack, with the split they come from.
+
+    Attributes:
+        split: Split name as the reports record it (`test`, `train[a:b]`).
+        images: float32 images in [0, 1].
+        labels: int64 labels.
+    """
+
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+
+    def first(self, count):
+        """The first `count` examples of the same split."""
+        return Examples(self.split, self.images[:count], self.labels[:count])
+
+
+def load_split(dataset, split, *, num_examples=None, data_dir=None):
+    """The first `num_examples` of `split` (all of it when None) as `Examples`."""
+    images, labels = evaluation.load_examples(
+        dataset, split, num_examples=num_examples, data_dir=data_dir
+    )
+    return Examples(split, images, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What every variant is attacked with.
+
+    Attributes:
+        dataset: Dataset name (sets the number of classes).
+        runs_dir: One run directory per variant; reports go to its
+            `evaluation/` folder.
+        attacks: Resolved attack names.
+        settings: `evaluation.AttackSettings` of the suite.
+        source: Target of the transfer attack (None: no transfer source).
+        eval_policy: Dtype policy the attacked models are rebuilt in.
+        log: Callable taking one line of progress text.
+    """
+
+    dataset: str
+    runs_dir: str
+    attacks: list
+    settings: Any
+    source: Any
+    eval_policy: str
+    log: Callable
+
+
+def attack_variant(
+    suite, variant, examples, *, eps_values, filename="report.json", add_large_eps=True
+):
+    """The suite's report on one variant, read back when its file exists.
+
+    The reference is attacked without the transfer attack (it is the source).
+
+    Args:
+        suite: The `Suite`.
+        variant: The `Variant` whose run is attacked.
+        examples: `Examples` to attack; their split is recorded in the report.
+        eps_values: Radii of the sweep.
+        filename: Report file name in the run's `evaluation/` folder.
+        add_large_eps: Also attack at `evaluation.LARGE_EPS` (a masking check).
+
+    Returns:
+        The report as written to (or read from) the file.
+    """
+    path = os.path.join(suite.runs_dir, variant.name, "evaluation", filename)
+    if os.path.exists(path):
+        return jsonio.read_json(path)
+    suite.log(f"== {variant.name}: attacking {len(examples.labels)} {examples.split} images")
+    target = load_run(os.path.join(suite.runs_dir, variant.name), policy=suite.eval_policy)
+    report = evaluation.evaluate(
+        target,
+        examples.images,
+        examples.labels,
+        attacks=suite.attacks,
+        eps_values=eps_values,
+        settings=suite.settings,
+        source=suite.source if variant.name != REFERENCE else None,
+        num_classes=data.get_info(suite.dataset).num_classes,
+        add_large_eps=add_large_eps,
+    )
+    report["split"] = examples.split
+    return evaluation.write_report(report, path)
+
+
+def _epoch_weights(run_dir, epoch):
+    weights = training.epoch_weights_path(run_dir, epoch)
+    if not os.path.exists(weights):
+        raise ValueError(
+            f"{weights} is missing: the {REFERENCE} run was trained without "
+            "keep_epoch_weights. Retrain it in a fresh runs directory."
+        )
+    return weights
+
+
+def _score(target, examples, *, dataset, eps, settings):
+    """Clean and worst-case robust accuracy under `CURVE_ATTACKS` at `eps`."""
+    report = evaluation.evaluate(
+        target,
+        examples.images,
+        examples.labels,
+        attacks=list(CURVE_ATTACKS),
+        eps_values=[eps],
+        settings=settings,
+        num_classes=data.get_info(dataset).num_classes,
+        add_large_eps=False,
+        progress=False,
+    )
+    return report["clean_accuracy"], report["worst_case_accuracy"]
+
+
+def reference_curve(run_dir, history, examples, *, dataset, eps, settings, eval_policy, log):
+    """Robust accuracy of the reference after each epoch, with training time.
+
+    Scored with `CURVE_ATTACKS` on the weights `keep_epoch_weights` saved;
+    cached in the run's `evaluation/curve.json`.
+
+    Args:
+        run_dir: The reference's run directory.
+        history: Its per-epoch training records (`history.json`).
+        examples: `Examples` to attack.
+        dataset: Dataset name.
+        eps: The radius.
+        settings: `evaluation.AttackSettings`.
+        eval_policy: Dtype policy the model is rebuilt in.
+        log: Callable taking one line of progress text.
+
+    Returns:
+        `{"attacks", "eps", "points"}`, one point per epoch with its
+        cumulative training seconds, clean and robust accuracy.
+
+    Raises:
+        ValueError: The run kept no per-epoch weights.
+    """
+    path = os.path.join(run_dir, "evaluation", "curve.json")
+    if os.path.exists(path):
+        return jsonio.read_json(path)
+    log(f"== {REFERENCE}: robustness after each of {len(history)} epochs")
+    target = load_run(run_dir, policy=eval_policy)
+    points, elapsed = [], 0.0
+    for record in history:
+        elapsed += record["seconds"]
+        target.keras_model.load_weights(_epoch_weights(run_dir, record["epoch"]))
+        clean, robust = _score(target, examples, dataset=dataset, eps=eps, settings=settings)
+        points.append(
+            {
+                "epoch": record["epoch"],
+                "train_seconds": elapsed,
+                "clean_accuracy": clean,
+                "robust_accuracy": robust,
+            }
+        )
+        log(f"  epoch {record['epoch']}: robust accuracy {robust:.2f}")
+    curve = {"attacks": list(CURVE_ATTACKS), "eps": eps, "points": points}
+    jsonio.write_json(path, curve)
+    return curve

@@ -1,0 +1,146 @@
+"""The comparison as a Markdown table, with the notes that explain it.
+
+Parts, in order: a provenance line, the table (header, then one line per
+row), the recipe selection, the reference's curve, the notes on timing and
+the list of variants.
+"""
+
+from sq_keras.reproduce.variants import REFERENCE
+
+_COST_COLUMNS = (
+    "failed checks",
+    "s/step",
+    "s/epoch (wall)",
+    "epochs",
+    "speed-up/epoch vs pgd_at",
+    "speed-up to its robustness vs pgd_at",
+)
+
+_TIMING_NOTE = (
+    "s/step: median seconds of one train step (batch 128), every variant's step "
+    "timed round-robin in one process, so the ratios do not depend on other load "
+    "on the machine; the speed-ups use them. s/epoch (wall): median wall-clock "
+    "epoch of the actual training run, which shares the machine with whatever "
+    "else ran."
+)
+
+
+def provenance_line(payload):
+    """Which command, commit, machine and versions made the table."""
+    env = payload["environment"]
+    trained = sorted({r["trained_at_commit"] for r in payload["rows"] if r["trained_at_commit"]})
+    return (
+        f"Made by `{payload['command'] or 'sq_keras.reproduce.run'}` (seed {payload['seed']}, "
+        f"training policy {payload['policy']}) at commit {env['git_commit']}, models trained "
+        f"at {', '.join(trained) or 'unknown commits'}; {env['machine']}, TensorFlow "
+        f"{env['tensorflow']}, Keras {env['keras']}."
+    )
+
+
+def _fmt(value, pattern="{:.2f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def _line(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header(columns, *, holdout):
+    head = ["variant", "clean", *columns, "worst case"]
+    if holdout:
+        head.append("held-out worst case")
+    head += _COST_COLUMNS
+    return [_line(head), "|" + "---|" * len(head)]
+
+
+def _reach_cell(row):
+    if "speedup_to_reach_vs_pgd_at" not in row:
+        return "-"
+    reach = row["speedup_to_reach_vs_pgd_at"]
+    return "pgd_at never as robust" if reach is None else f"{reach:.1f}x"
+
+
+def _row_line(row, columns, *, holdout):
+    cells = [row["name"], _fmt(row["clean_accuracy"])]
+    cells += [_fmt(row["robust_accuracy"].get(a)) for a in columns]
+    cells.append(_fmt(row["worst_case_accuracy"]))
+    if holdout:
+        cells.append(_fmt(row.get("holdout_worst_case_accuracy")))
+    checks = ", ".join(row["failed_checks"]) or "none"
+    cells += [
+        checks if row["tested"] else "not attacked on the test set (not selected)",
+        f"{row['seconds_per_step']:.3f}",
+        _fmt(row["seconds_per_epoch"], "{:.1f}"),
+        str(row["epochs"]),
+        _fmt(row.get("speedup_per_epoch_vs_pgd_at"), "{:.1f}x"),
+        _reach_cell(row),
+    ]
+    return _line(cells)
+
+
+def _table(rows, columns, eps):
+    holdout = any("holdout_worst_case_accuracy" in r for r in rows)
+    num_examples = next(r["num_examples"] for r in rows if r["tested"])
+    return [
+        f"Robust accuracy (%) at eps = {eps:g} on {num_examples} test images.",
+        "",
+        *_header(columns, holdout=holdout),
+        *(_row_line(r, columns, holdout=holdout) for r in rows),
+    ]
+
+
+def _selection_lines(selection):
+    text = (
+        f"Recipe selection: worst case over the suite on {selection['num_examples']} "
+        f"held-out training images (`{selection['split']}`, never trained on); "
+        f"selected: `{selection['selected']}`."
+    )
+    if selection.get("untested"):
+        tested = ", ".join(f"`{n}`" for n in selection["tested_candidates"])
+        text += (
+            f" Of the candidates, only {tested} (the selected one and the paper's recipe) "
+            "are attacked on the test set; the others keep their held-out numbers."
+        )
+    return ["", text]
+
+
+def _curve_lines(curve):
+    points = ", ".join(f"{p['epoch']}: {p['robust_accuracy']:.1f}" for p in curve["points"])
+    return [
+        "",
+        f"`{REFERENCE}` robust accuracy after each epoch ({' + '.join(curve['attacks'])}, "
+        f"worst case, same test images): {points}. The speed-up to a variant's "
+        f"robustness is the training cost `{REFERENCE}` needs to first reach the "
+        "variant's worst case, over the variant's training cost.",
+    ]
+
+
+def _variant_line(row):
+    flags = "".join(f" --{k}={v}" for k, v in row["settings"].items())
+    return f"- `{row['name']}`: {row['note']} (`--method={row['method']}`{flags})"
+
+
+def markdown(rows, columns, eps, *, selection=None, curve=None, provenance=None):
+    """The Markdown page of the comparison.
+
+    Args:
+        rows: Rows of `table.build_rows`; at least one was tested.
+        columns: Attack columns, in order; those no row has are left out.
+        eps: The table's radius.
+        selection: The held-out selection record, or None.
+        curve: The reference's curve, or None.
+        provenance: A first line saying how the table was made, or None.
+
+    Returns:
+        The page, ending in a newline.
+    """
+    columns = [a for a in columns if any(a in r["robust_accuracy"] for r in rows)]
+    lines = [provenance, ""] if provenance else []
+    lines += _table(rows, columns, eps)
+    if selection:
+        lines += _selection_lines(selection)
+    if curve:
+        lines += _curve_lines(curve)
+    lines += ["", _TIMING_NOTE, "", "Variants:", ""]
+    lines += [_variant_line(r) for r in rows]
+    return "\n".join(lines) + "\n"

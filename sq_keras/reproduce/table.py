@@ -1,0 +1,148 @@
+"""The rows of the comparison: one dict per variant, as the output JSON holds them.
+
+A row carries the variant's training cost, its test-set robustness (when it
+was attacked there), its held-out numbers (when it was a candidate) and its
+speed-ups against the reference: per epoch, from the round-robin step times,
+and to reach its own robustness, from the reference's curve.
+"""
+
+import statistics
+
+from sq_keras.reproduce.attacking import eps_key
+
+
+def epochs_to_reach(curve, accuracy):
+    """The first epoch after which `curve` reaches `accuracy` (or None)."""
+    for point in curve["points"]:
+        if point["robust_accuracy"] >= accuracy:
+            return point["epoch"]
+    return None
+
+
+def _base(variant, trained, *, per_epoch, step_seconds, tested):
+    return {
+        "name": variant.name,
+        "method": variant.method,
+        "settings": variant.settings,
+        "note": variant.note,
+        "epochs": trained.results["epochs_done"],
+        "seconds_per_epoch": per_epoch,
+        "total_train_seconds": trained.results["total_train_seconds"],
+        "seconds_per_step": step_seconds,
+        "tested": tested,
+        "clean_accuracy": None,
+        "robust_accuracy": {},
+        "skipped": {},
+        "worst_case_accuracy": None,
+        "worst_case_accuracy_by_eps": {},
+        "failed_checks": [],
+        "num_examples": None,
+        "grad_l1": [h["grad_l1"] for h in trained.history],
+        "trained_at_commit": trained.trained_at_commit,
+    }
+
+
+def _test_results(report):
+    """The row's test-set cells: robust accuracy per attack at the report's eps."""
+    eps = eps_key(report["eps"])
+    return {
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": {
+            name: entry["results"][eps]["robust_accuracy"]
+            for name, entry in report["attacks"].items()
+            if eps in entry["results"]
+        },
+        "skipped": report.get("skipped", {}),
+        "worst_case_accuracy": report["worst_case_accuracy"],
+        "worst_case_accuracy_by_eps": report["worst_case_accuracy_by_eps"],
+        "failed_checks": [k for k, c in report["checks"].items() if c.get("passed") is False],
+        "num_examples": report["num_examples"],
+    }
+
+
+def _speedups_per_epoch(reference, *, step_seconds, per_epoch):
+    # Every variant trains on the same batches, so the cost ratio of one
+    # step is that of one epoch; timed round-robin, it does not depend on
+    # other load on the machine, unlike the wall-clock seconds per epoch.
+    speedups = {"speedup_per_epoch_vs_pgd_at": reference.seconds_per_step / step_seconds}
+    if per_epoch:
+        speedups["wall_speedup_per_epoch_vs_pgd_at"] = reference.seconds_per_epoch / per_epoch
+    return speedups
+
+
+def _speedup_to_reach(reference, *, worst_case, epochs, step_seconds):
+    # Training cost until the attacks of the curve leave the reference as
+    # robust as this variant is under the whole suite, over this variant's
+    # whole training cost.
+    reach = epochs_to_reach(reference.curve, worst_case)
+    return {
+        "pgd_at_epochs_to_reach": reach,
+        "speedup_to_reach_vs_pgd_at": (
+            reach * reference.seconds_per_step / (epochs * step_seconds)
+            if reach is not None
+            else None
+        ),
+    }
+
+
+def row(variant, trained, *, step_seconds, report=None, reference=None, holdout=None):
+    """One variant's row.
+
+    Args:
+        variant: The `Variant`.
+        trained: Its `stages.TrainedRun`.
+        step_seconds: Its round-robin step time.
+        report: Its test-set report (None: not attacked on the test set).
+        reference: The `stages.Reference` (None: no speed-ups).
+        holdout: Its held-out report (None: not a candidate).
+
+    Returns:
+        The row dict, keys in the order the JSON records them.
+    """
+    history = trained.history
+    per_epoch = statistics.median(h["seconds"] for h in history) if history else None
+    cells = _base(
+        variant, trained, per_epoch=per_epoch, step_seconds=step_seconds, tested=report is not None
+    )
+    if report is not None:
+        cells.update(_test_results(report))
+    if holdout is not None:
+        cells["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
+        cells["holdout_clean_accuracy"] = holdout["clean_accuracy"]
+    if reference is not None:
+        cells.update(_speedups_per_epoch(reference, step_seconds=step_seconds, per_epoch=per_epoch))
+        if reference.curve is not None and report is not None:
+            cells.update(
+                _speedup_to_reach(
+                    reference,
+                    worst_case=report["worst_case_accuracy"],
+                    epochs=cells["epochs"],
+                    step_seconds=step_seconds,
+                )
+            )
+    return cells
+
+
+def build_rows(variants, trained, costs, *, reports, reference, holdout):
+    """The rows of every variant, in order.
+
+    Args:
+        variants: The `Variant`s.
+        trained: `{name: stages.TrainedRun}`.
+        costs: The `stages.StepCosts`.
+        reports: `{name: test report}` of the tested variants.
+        reference: The `stages.Reference` or None.
+        holdout: The `stages.Holdout` or None.
+    """
+    held = holdout.reports if holdout is not None else {}
+    return [
+        row(
+            v,
+            trained[v.name],
+            step_seconds=costs.seconds_per_step[v.name],
+            report=reports.get(v.name),
+            reference=reference,
+            holdout=held.get(v.name),
+        )
+        for v in variants
+    ]

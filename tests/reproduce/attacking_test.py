@@ -1,0 +1,87 @@
+"""Tests for sq_keras.reproduce.attacking that need no trained model."""
+
+import dataclasses
+import os
+
+import numpy as np
+from absl.testing import absltest
+
+from sq_keras import evaluation
+from sq_keras import jsonio
+from sq_keras import reproduce
+from sq_keras.reproduce import attacking
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class AttackingTest(absltest.TestCase):
+    def test_default_settings_are_the_published_ones(self):
+        published = jsonio.read_json(os.path.join(ROOT, "results", "mnist.json"))
+        self.assertEqual(
+            dataclasses.asdict(attacking.DEFAULT_SETTINGS), published["attack_settings"]
+        )
+        self.assertIs(reproduce.DEFAULT_SETTINGS, attacking.DEFAULT_SETTINGS)
+
+    def test_eps_key(self):
+        self.assertEqual(attacking.eps_key(0.3), "0.3")
+        self.assertEqual(attacking.eps_key(1.0), "1")
+        self.assertEqual(attacking.eps_key(8 / 255), f"{8 / 255:g}")
+
+    def test_attacks_and_columns(self):
+        names = attacking.resolve_attacks(("pgd", "fgsm"))
+        self.assertEqual(names, ["fgsm", "pgd"])
+        self.assertEqual(attacking.table_columns(names), ["fgsm", "pgd", evaluation.DOUBLED])
+        with self.assertRaisesRegex(ValueError, "Unknown attack"):
+            attacking.resolve_attacks(["nope"])
+
+    def test_first_examples_keep_the_split(self):
+        examples = attacking.Examples("train[0:5]", np.arange(5.0), np.arange(5))
+        first = examples.first(2)
+        self.assertEqual(first.split, "train[0:5]")
+        np.testing.assert_array_equal(first.labels, [0, 1])
+
+    def test_load_split(self):
+        examples = attacking.load_split("mnist", "train[600:610]")
+        self.assertEqual(examples.split, "train[600:610]")
+        self.assertEqual(examples.images.shape[0], 10)
+        self.assertEqual(examples.images.dtype, np.float32)
+        self.assertLessEqual(float(examples.images.max()), 1.0)
+
+    def test_cached_report_is_read_back_without_attacking(self):
+        runs = self.create_tempdir().full_path
+        lines = []
+        suite = attacking.Suite("mnist", runs, ["pgd"], None, None, "float32", lines.append)
+        path = os.path.join(runs, "a", "evaluation", "holdout_report.json")
+        jsonio.write_json(path, {"split": "train[0:3]", "worst_case_accuracy": 1.0})
+        examples = attacking.Examples("train[0:3]", np.zeros((3, 28, 28, 1)), np.zeros(3))
+        report = attacking.attack_variant(
+            suite,
+            reproduce.Variant("a", "natural"),
+            examples,
+            eps_values=[0.3],
+            filename="holdout_report.json",
+        )
+        self.assertEqual(report, {"split": "train[0:3]", "worst_case_accuracy": 1.0})
+        self.assertEqual(lines, [])
+
+    def test_cached_curve_is_read_back(self):
+        run_dir = self.create_tempdir().full_path
+        curve = {"attacks": list(reproduce.CURVE_ATTACKS), "eps": 0.3, "points": []}
+        jsonio.write_json(os.path.join(run_dir, "evaluation", "curve.json"), curve)
+        lines = []
+        got = attacking.reference_curve(
+            run_dir,
+            [{"epoch": 1, "seconds": 1.0}],
+            None,
+            dataset="mnist",
+            eps=0.3,
+            settings=None,
+            eval_policy="float32",
+            log=lines.append,
+        )
+        self.assertEqual(got, curve)
+        self.assertEqual(lines, [])
+
+
+if __name__ == "__main__":
+    absltest.main()
