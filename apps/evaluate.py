@@ -20,6 +20,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -57,7 +58,7 @@ _ADD_LARGE_EPS = flags.DEFINE_boolean(
 _ATTACKS = flags.DEFINE_string(
     "attacks",
     "strong",
-    f"Comma list of {', '.join(evaluation.ATTACKS)} or presets ({', '.join(evaluation.PRESETS)}).",
+    evaluation.REGISTRY.help(),
 )
 _PGD_STEPS = flags.DEFINE_integer(
     "pgd_steps", _DEFAULTS.pgd_steps, "Steps of PGD/APGD/BPDA/transfer."
@@ -93,7 +94,12 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with <dataset>/ files; default: $SQ_KERAS_DATA_DIR, else tfds."
 )
 _LOGDIR = flags.DEFINE_string("logdir", None, "Write TensorBoard summaries here.")
-_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar per attack.")
+_PROGRESS = flags.DEFINE_boolean(
+    "progress",
+    True,
+    "Show progress per attack batch: a live bar on a terminal, one plain line per batch "
+    "in a log file.",
+)
 _INTER_OP_THREADS = flags.DEFINE_integer(
     "inter_op_threads",
     1,
@@ -132,17 +138,19 @@ def _default_output(model_path):
     return os.path.join(directory or ".", "evaluation.json")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def _configure_tensorflow():
+    """Quiet logs and the inter-op threads; returns the dtype policy set."""
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     if _INTER_OP_THREADS.value < 0:
         raise SystemExit(f"Error: --inter_op_threads must be >= 0, got {_INTER_OP_THREADS.value}.")
     if _INTER_OP_THREADS.value:
         tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
-    policy = precision.set_policy(_MIXED_PRECISION.value)
+    return precision.set_policy(_MIXED_PRECISION.value)
 
+
+def _validated_flags():
+    """Fails fast on bad flags; returns `(attack names, eps values or [None])`."""
     if not _MODEL.value:
         raise SystemExit(
             "Error: --model is required (a .keras file, model_dir or SavedModel directory)."
@@ -159,66 +167,96 @@ def main(argv):
         attacks = evaluation.resolve_attacks(_ATTACKS.value.split(","))
     except ValueError as e:
         raise SystemExit(f"Error: {e}") from None
-    eps_values = _parse_eps(_EPS.value, None)  # Fails fast on bad values.
+    return attacks, _parse_eps(_EPS.value, None)
 
+
+def _load_models(strategy, policy):
+    """`(target, source or None)` loaded under the strategy's scope."""
+    with strategy.scope():
+        target = evaluation.load_target(_MODEL.value, policy=policy)
+        source = evaluation.load_target(_SOURCE_MODEL.value) if _SOURCE_MODEL.value else None
+    return target, source
+
+
+def _check_shapes(dataset, info, target, source):
+    for name, loaded in (("--model", target), ("--source_model", source)):
+        shape = getattr(loaded, "input_shape", None)
+        if shape is not None and tuple(shape) != tuple(info.image_shape):
+            raise ValueError(
+                f"{name} takes images of shape {tuple(shape)} but {dataset} images are "
+                f"{tuple(info.image_shape)}: pass the --dataset the model was trained on."
+            )
+
+
+def _settings():
+    return evaluation.AttackSettings(
+        pgd_steps=_PGD_STEPS.value,
+        restarts=_RESTARTS.value,
+        square_queries=_SQUARE_QUERIES.value,
+        seed=_SEED.value,
+    )
+
+
+def _metadata(dataset, policy, target):
+    """The app's top-level keys of the JSON report."""
+    return {
+        "dataset": dataset,
+        "split": _SPLIT.value,
+        "seed": _SEED.value,
+        "mixed_precision": policy,
+        "source_model": _SOURCE_MODEL.value,
+        "training_config": target.config,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def _evaluate(attacks, eps_values, policy):
+    """Loads models and examples, runs the suite and writes the report.
+
+    Returns:
+        `(report, the JSON as written)`.
+    """
+    strategy = distribute.make_strategy(_STRATEGY.value)
+    target, source = _load_models(strategy, policy)
+    dataset = _DATASET.value or target.config.get("dataset") or "mnist"
+    info = data.get_info(dataset)
+    _check_shapes(dataset, info, target, source)
+    if eps_values == [None]:
+        eps_values = [float(target.config.get("eps", info.eps))]
+    images, labels = evaluation.load_examples(
+        dataset, _SPLIT.value, num_examples=_NUM_EXAMPLES.value or None, data_dir=_DATA_DIR.value
+    )
+    report = evaluation.evaluate(
+        target,
+        images,
+        labels,
+        attacks=attacks,
+        eps_values=eps_values,
+        settings=_settings(),
+        source=source,
+        num_classes=info.num_classes,
+        batch_size=_BATCH_SIZE.value,
+        progress=_PROGRESS.value,
+        add_large_eps=_ADD_LARGE_EPS.value,
+        strategy=strategy,
+    )
+    report.metadata.update(_metadata(dataset, policy, target))
+    output = _OUTPUT.value or _default_output(_MODEL.value)
+    written = evaluation.write_report(
+        report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
+    )
+    return report, written
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    policy = _configure_tensorflow()
+    attacks, eps_values = _validated_flags()
     try:
-        strategy = distribute.make_strategy(_STRATEGY.value)
-        with strategy.scope():
-            target = evaluation.load_target(_MODEL.value, policy=policy)
-            source = evaluation.load_target(_SOURCE_MODEL.value) if _SOURCE_MODEL.value else None
-        dataset = _DATASET.value or target.config.get("dataset") or "mnist"
-        info = data.get_info(dataset)
-        for name, loaded in (("--model", target), ("--source_model", source)):
-            shape = getattr(loaded, "input_shape", None)
-            if shape is not None and tuple(shape) != tuple(info.image_shape):
-                raise ValueError(
-                    f"{name} takes images of shape {tuple(shape)} but {dataset} images are "
-                    f"{tuple(info.image_shape)}: pass the --dataset the model was trained on."
-                )
-        if eps_values == [None]:
-            eps_values = [float(target.config.get("eps", info.eps))]
-        images, labels = evaluation.load_examples(
-            dataset,
-            _SPLIT.value,
-            num_examples=_NUM_EXAMPLES.value or None,
-            data_dir=_DATA_DIR.value,
-        )
-        settings = evaluation.AttackSettings(
-            pgd_steps=_PGD_STEPS.value,
-            restarts=_RESTARTS.value,
-            square_queries=_SQUARE_QUERIES.value,
-            seed=_SEED.value,
-        )
-        report = evaluation.evaluate(
-            target,
-            images,
-            labels,
-            attacks=attacks,
-            eps_values=eps_values,
-            settings=settings,
-            source=source,
-            num_classes=info.num_classes,
-            batch_size=_BATCH_SIZE.value,
-            progress=_PROGRESS.value,
-            add_large_eps=_ADD_LARGE_EPS.value,
-            strategy=strategy,
-        )
-        report.update(
-            dataset=dataset,
-            split=_SPLIT.value,
-            seed=_SEED.value,
-            mixed_precision=policy,
-            source_model=_SOURCE_MODEL.value,
-            training_config=target.config,
-            versions={"tensorflow": tf.__version__, "keras": __import__("keras").__version__},
-        )
-        output = _OUTPUT.value or _default_output(_MODEL.value)
-        written = evaluation.write_report(
-            report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
-        )
+        report, written = _evaluate(attacks, eps_values, policy)
     except (ValueError, FileNotFoundError, data.DataError) as e:
         raise SystemExit(f"Error: {e}") from None
-
     print(evaluation.format_table(report))
     for name, message in evaluation.failed_checks(report):
         logging.warning("Masking check %s failed: %s", name, message)

@@ -181,7 +181,7 @@ def _measure():
         ("ART 1.20 ProjectedGradientDescent", lambda: _art(model)),
         (
             "sq_keras.attacks.pgd (tf.function, mixed_bfloat16)",
-            lambda: _ours(evaluation._to_policy(model, "mixed_bfloat16")),
+            lambda: _ours(evaluation.to_policy(model, "mixed_bfloat16")),
         ),
     ]
     runs = []

@@ -120,6 +120,23 @@ class EvaluateAppTest(parameterized.TestCase):
             if check["passed"] is False:
                 self.assertIn(f"Masking check {name} failed", result.stderr)
 
+    def test_progress_in_a_log_file_is_plain_lines(self):
+        output = os.path.join(self.create_tempdir().full_path, "report.json")
+        result = run_app(
+            f"--model={saved_models()['natural']}",
+            "--num_examples=20",
+            "--attacks=fgsm",
+            "--eps=0.1",
+            "--batch_size=10",
+            f"--output={output}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        # stdout is a pipe here, as when redirected to a log file.
+        self.assertNotIn("\r", result.stdout)
+        self.assertNotIn("\x1b", result.stdout)
+        for line in ("fgsm eps=0.1: batch 1/2 (", "fgsm eps=0.5: batch 2/2 ("):
+            self.assertIn(line, result.stdout)
+
     @parameterized.named_parameters(
         (
             "unknown_attack",

@@ -76,10 +76,7 @@ def compare_attacks():
             add_large_eps=False,
             strategy=distribute.make_strategy(name),
         )
-        results[name] = {
-            attack: entry["results"]["0.1"]["robust_accuracy"]
-            for attack, entry in report["attacks"].items()
-        }
+        results[name] = {attack: report.robust_accuracy(attack, 0.1) for attack in report.attacks}
     print(json.dumps(results))
 
 

@@ -32,9 +32,8 @@ from sq_keras.reproduce.variants import REFERENCE
 DEFAULT_SETTINGS = evaluation.AttackSettings(pgd_steps=100, restarts=5, square_queries=5000)
 
 
-def eps_key(eps):
-    """The key of `eps` in a report's per-eps results (`f"{eps:g}"`)."""
-    return f"{eps:g}"
+# The key of an eps in a report's per-eps results.
+eps_key = evaluation.eps_key
 
 
 def resolve_attacks(attacks):
@@ -137,7 +136,7 @@ def attack_variant(
         num_classes=data.get_info(suite.dataset).num_classes,
         add_large_eps=add_large_eps,
     )
-    report["split"] = examples.split
+    report.metadata["split"] = examples.split
     return evaluation.write_report(report, path)
 
 
@@ -164,7 +163,7 @@ def _score(target, examples, *, dataset, eps, settings):
         add_large_eps=False,
         progress=False,
     )
-    return report["clean_accuracy"], report["worst_case_accuracy"]
+    return report.clean_accuracy, report.worst_case_accuracy
 
 
 def reference_curve(run_dir, history, examples, *, dataset, eps, settings, eval_policy, log):

@@ -1,0 +1,176 @@
+"""Running one attack of the registry over all examples at one eps.
+
+Batches go through a `tf.function` of the attack (split across replicas
+under a `tf.distribute` strategy of several), with one progress line per
+batch (`sq_keras.progress`: a live bar on a terminal, plain lines in a log).
+"""
+
+import time
+import typing
+
+import numpy as np
+import tensorflow as tf
+
+from sq_keras import attacks
+from sq_keras import progress as progress_lib
+from sq_keras.evaluation.registry import REGISTRY
+
+
+class AttackOutcome(typing.NamedTuple):
+    """What one attack at one eps left.
+
+    Attributes:
+        adversarial: The adversarial images, `[N, H, W, C]`.
+        predictions: The target's predictions on them, `[N]`.
+        queries: Model queries per example, or None when not counted.
+        seconds: Wall time of the attack.
+    """
+
+    adversarial: np.ndarray
+    predictions: np.ndarray
+    queries: typing.Optional[np.ndarray]
+    seconds: float
+
+
+def batches(num, batch_size):
+    """`(start, stop)` of consecutive batches covering `num` examples."""
+    return [(start, min(start + batch_size, num)) for start in range(0, num, batch_size)]
+
+
+def predict(model_fn, images, batch_size):
+    """Predicted classes (int64) of `images`, batch by batch."""
+    predict_fn = tf.function(lambda x: tf.argmax(model_fn(x), -1, output_type=tf.int64))
+    return np.concatenate(
+        [predict_fn(images[a:b]).numpy() for a, b in batches(len(images), batch_size)]
+    )
+
+
+def batch_attack(spec, eps, settings, target, source):
+    """A tf.function mapping `(x, y)` to `(x_adv, queries or -1)`."""
+    kwargs = spec.kwargs(eps, settings)
+    model_fn = spec.model.model_fn(target, source, settings)
+    attack = spec.attack
+
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        if spec.returns_queries:
+            return attack(model_fn, x, y, eps=eps, **kwargs)
+        x_adv = attack(model_fn, x, y, eps=eps, **kwargs)
+        return x_adv, -tf.ones([tf.shape(x)[0]], tf.int32)
+
+    return run
+
+
+def distributed(run, strategy):
+    """`run(x, y)` with the batch split across the strategy's replicas."""
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return run
+    replicas = strategy.num_replicas_in_sync
+
+    def distributed_run(x, y):
+        x_parts = np.array_split(x.numpy(), replicas)
+        y_parts = np.array_split(y.numpy(), replicas)
+        xs = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(x_parts[ctx.replica_id_in_sync_group])
+        )
+        ys = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(y_parts[ctx.replica_id_in_sync_group])
+        )
+        x_adv, used = strategy.run(run, args=(xs, ys))
+        gather = strategy.experimental_local_results
+        return (
+            tf.concat([tf.identity(t) for t in gather(x_adv)], axis=0),
+            tf.concat([tf.identity(t) for t in gather(used)], axis=0),
+        )
+
+    return distributed_run
+
+
+def _identity_outcome(target, images, batch_size):
+    """Every attack is the identity at eps = 0: only the clean predictions."""
+    start = time.perf_counter()
+    predictions = predict(target.model_fn, images, batch_size)
+    return AttackOutcome(images, predictions, None, time.perf_counter() - start)
+
+
+def run_attack(
+    name,
+    eps,
+    target,
+    images,
+    labels,
+    *,
+    settings,
+    source=None,
+    batch_size=250,
+    progress=True,
+    description=None,
+    strategy=None,
+    registry=REGISTRY,
+):
+    """Runs one attack of the suite over all examples at one eps.
+
+    With a `tf.distribute` strategy of several replicas, each batch is split
+    across the replicas and attacked under `strategy.run`.
+
+    Args:
+        name: Attack name in `registry`.
+        eps: l-inf radius.
+        target: The `Target` to attack.
+        images: float32 `[N, H, W, C]` in [0, 1].
+        labels: int64 `[N]`.
+        settings: `AttackSettings`.
+        source: `Target` a transfer attack is crafted on.
+        batch_size: Examples per batch.
+        progress: Report each finished batch.
+        description: Progress text before the eps; default `name`.
+        strategy: Optional `tf.distribute` strategy.
+        registry: The attack `Registry`.
+
+    Returns:
+        An `AttackOutcome`: `(adversarial images, predictions on them,
+        queries or None, seconds)`.
+    """
+    if eps == 0.0:
+        return _identity_outcome(target, images, batch_size)
+    run = distributed(batch_attack(registry[name], eps, settings, target, source), strategy)
+    predict_fn = tf.function(lambda x: tf.argmax(target.model_fn(x), -1, output_type=tf.int64))
+    adversarial, predictions, queries = [], [], []
+    start = time.perf_counter()
+    steps = progress_lib.items(
+        batches(len(images), batch_size), f"{description or name} eps={eps:g}", enabled=progress
+    )
+    for a, b in steps:
+        x_adv, used = run(tf.constant(images[a:b]), tf.constant(labels[a:b]))
+        adversarial.append(x_adv.numpy())
+        predictions.append(predict_fn(x_adv).numpy())
+        queries.append(used.numpy())
+    seconds = time.perf_counter() - start
+    queries = np.concatenate(queries)
+    return AttackOutcome(
+        np.concatenate(adversarial),
+        np.concatenate(predictions),
+        None if np.all(queries < 0) else queries,
+        seconds,
+    )
+
+
+def zero_gradient_shares(model_fn, images, labels, *, batch_size=250):
+    """Shares (percent) of examples and of input entries with a zero gradient.
+
+    The gradient is that of the margin loss at the clean input; an example
+    counts when its whole gradient is below 1e-12 in absolute value.
+    """
+
+    @tf.function
+    def gradient(x, y):
+        return attacks.loss_gradient(model_fn, x, y, "margin")[2]
+
+    zero_examples, zero_entries, entries = 0, 0, 0
+    for a, b in batches(len(images), batch_size):
+        g = np.abs(gradient(tf.constant(images[a:b]), tf.constant(labels[a:b])).numpy())
+        g = g.reshape(len(g), -1)
+        zero_examples += int(np.sum(g.max(axis=1) < 1e-12))
+        zero_entries += int(np.sum(g == 0.0))
+        entries += g.size
+    return 100.0 * zero_examples / len(images), 100.0 * zero_entries / entries

@@ -1,0 +1,383 @@
+"""The attack registry: every attack of the suite, described in one place.
+
+An `AttackSpec` names the attack function of `sq_keras.attacks`, how its
+keyword settings derive from eps and the suite's `AttackSettings`, its kind,
+whether it iterates and returns query counts, which model it runs on (the
+target, the transfer source, or the target through a BPDA stand-in), whether
+the convergence check may rerun it with twice the steps, and which presets
+include it. The attack names, presets, the attack sets of the masking checks,
+the skip reasons and the run dispatch are all read from a `Registry`:
+
+```python
+from sq_keras import attacks
+from sq_keras.evaluation import registry
+
+apgd_bpda = registry.through_stand_in(registry.REGISTRY["apgd_ce"], "identity",
+                                      name="bpda_apgd_ce")
+extended = registry.REGISTRY.extended(apgd_bpda)
+extended.resolve(["strong"])[-1]        # "bpda_apgd_ce"
+```
+"""
+
+import dataclasses
+import functools
+
+from sq_keras import attacks
+
+GRADIENT = "gradient"  # White-box: gradients of the model it runs on.
+GRADIENT_FREE = "gradient_free"  # Only the target's outputs.
+TRANSFER = "transfer"  # Crafted on another model, scored on the target.
+KINDS = (GRADIENT, GRADIENT_FREE, TRANSFER)
+
+DOUBLED = "pgd_2x_steps"  # Report entry of the convergence check's 2x-steps run.
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+    """Hyper-parameters shared by the suite.
+
+    Attributes:
+        pgd_steps: Steps of PGD, APGD, BPDA and transfer attacks.
+        restarts: Random restarts of PGD-based attacks.
+        square_queries: Query budget per example of the Square Attack.
+        step_size_factor: PGD step size is `step_size_factor * eps /
+            pgd_steps` (2.5 as in Madry et al. 2018, so any point of the
+            ball is reachable from any start).
+        square_p_init: Initial window share of the Square Attack.
+        smooth_alpha: Steepness of the "smooth" BPDA stand-in.
+        seed: Seed of every random start.
+    """
+
+    pgd_steps: int = 100
+    restarts: int = 1
+    square_queries: int = 1000
+    step_size_factor: float = 2.5
+    square_p_init: float = 0.8
+    smooth_alpha: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("pgd_steps", "restarts", "square_queries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value}")
+
+
+# ---------------------------------------------------------------------------
+# The models an attack can run on.
+
+
+class AttackedModel:
+    """Which model an attack runs on.
+
+    `model_fn(target, source, settings)` is what the attack function gets,
+    `skip_reason(target, source)` says why it cannot run (None: it can), and
+    `describe(settings)` adds to the settings recorded in the report.
+    """
+
+    def model_fn(self, target, source, settings):
+        raise NotImplementedError
+
+    def skip_reason(self, target, source):
+        del target, source
+        return None
+
+    def describe(self, settings):
+        del settings
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnTarget(AttackedModel):
+    """The attack runs on the evaluated model itself."""
+
+    def model_fn(self, target, source, settings):
+        del source, settings
+        return target.model_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class OnSource(AttackedModel):
+    """The attack is crafted on the transfer source model."""
+
+    def model_fn(self, target, source, settings):
+        del target, settings
+        return source.model_fn
+
+    def skip_reason(self, target, source):
+        del target
+        return "no source model given (--source_model)" if source is None else None
+
+    def describe(self, settings):
+        del settings
+        return {"crafted_on": "source model"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ThroughStandIn(AttackedModel):
+    """BPDA: the target's forward pass with a stand-in's backward pass.
+
+    Wraps the target's Keras model with `attacks.bpda`, so any gradient
+    attack can run through the stand-in ("identity" or "smooth").
+    """
+
+    stand_in: str
+
+    def model_fn(self, target, source, settings):
+        del source
+        return attacks.bpda(
+            target.keras_model, stand_in=self.stand_in, smooth_alpha=settings.smooth_alpha
+        )
+
+    def skip_reason(self, target, source):
+        del source
+        if not target.has_quantizer:
+            return "model has no SoftQuantization layer"
+        if target.keras_model is None:
+            return "BPDA needs the Keras model (.keras file or model_dir), not a SavedModel"
+        return None
+
+    def describe(self, settings):
+        extra = {"smooth_alpha": settings.smooth_alpha} if self.stand_in == "smooth" else {}
+        return {"stand_in": self.stand_in, **extra}
+
+
+# ---------------------------------------------------------------------------
+# Keyword settings of the attack functions.
+
+
+def pgd_step_size(eps, settings):
+    """`step_size_factor * eps / pgd_steps`."""
+    return settings.step_size_factor * eps / settings.pgd_steps
+
+
+def fgsm_kwargs(eps, settings, *, loss):
+    del eps, settings
+    return {"loss": loss}
+
+
+def pgd_kwargs(eps, settings, *, loss):
+    return {
+        "num_steps": settings.pgd_steps,
+        "step_size": pgd_step_size(eps, settings),
+        "restarts": settings.restarts,
+        "random_start": True,
+        "seed": settings.seed,
+        "loss": loss,
+    }
+
+
+def apgd_kwargs(eps, settings, *, loss):
+    del eps
+    return {"num_steps": settings.pgd_steps, "loss": loss, "seed": settings.seed}
+
+
+def square_kwargs(eps, settings):
+    del eps
+    return {
+        "max_queries": settings.square_queries,
+        "p_init": settings.square_p_init,
+        "seed": settings.seed,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Entries.
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the suite.
+
+    Attributes:
+        name: Name in `--attacks` and in the report.
+        attack: Function of `sq_keras.attacks`, called as
+            `attack(model_fn, x, y, eps=eps, **kwargs(eps, settings))`; its
+            `__name__` is the recorded settings' "attack".
+        kwargs: `(eps, AttackSettings) -> dict` of its keyword settings.
+        kind: `GRADIENT`, `GRADIENT_FREE` or `TRANSFER`.
+        iterative: Whether it takes several steps (compared with one-step
+            attacks by the checks).
+        returns_queries: Whether `attack` returns `(x_adv, queries)`.
+        model: Where it runs: `OnTarget()`, `OnSource()` or
+            `ThroughStandIn(stand_in)`.
+        presets: The presets that include it.
+        doubles: Whether the convergence check may rerun it with 2x steps
+            (the first such attack run is rerun).
+    """
+
+    name: str
+    attack: object
+    kwargs: object
+    kind: str
+    iterative: bool = False
+    returns_queries: bool = False
+    model: object = OnTarget()
+    presets: tuple = ("strong",)
+    doubles: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={self.kind!r}")
+
+    @property
+    def plain_gradient(self):
+        """A gradient attack on the target's own gradients."""
+        return self.kind == GRADIENT and isinstance(self.model, OnTarget)
+
+    @property
+    def bpda(self):
+        return isinstance(self.model, ThroughStandIn)
+
+    def settings(self, eps, settings):
+        """The settings dict recorded in the report (and the attack's kwargs)."""
+        return {
+            "attack": self.attack.__name__,
+            **self.kwargs(eps, settings),
+            **self.model.describe(settings),
+        }
+
+
+def through_stand_in(spec, stand_in, *, name, **changes):
+    """`spec` run through the BPDA `stand_in` on the target, as a new entry."""
+    return dataclasses.replace(spec, name=name, model=ThroughStandIn(stand_in), **changes)
+
+
+def _pgd(name, loss, *, kind=GRADIENT, **fields):
+    kwargs = functools.partial(pgd_kwargs, loss=loss)
+    return AttackSpec(name, attacks.pgd, kwargs, kind, iterative=True, **fields)
+
+
+def _apgd(loss):
+    kwargs = functools.partial(apgd_kwargs, loss=loss)
+    return AttackSpec(f"apgd_{loss}", attacks.apgd, kwargs, GRADIENT, iterative=True)
+
+
+_PGD_CE = _pgd("pgd", "ce", presets=("strong", "fast"), doubles=True)
+
+ENTRIES = (
+    AttackSpec(
+        "fgsm",
+        attacks.fgsm,
+        functools.partial(fgsm_kwargs, loss="ce"),
+        kind=GRADIENT,
+        presets=("strong", "fast"),
+    ),
+    _PGD_CE,
+    _pgd("pgd_cw", "margin", doubles=True),
+    _apgd("ce"),
+    _apgd("dlr"),
+    AttackSpec(
+        "square",
+        attacks.square,
+        square_kwargs,
+        kind=GRADIENT_FREE,
+        iterative=True,
+        returns_queries=True,
+        presets=("strong", "fast"),
+    ),
+    _pgd("transfer", "ce", kind=TRANSFER, model=OnSource()),
+    through_stand_in(_PGD_CE, "identity", name="bpda_identity", presets=("strong",)),
+    through_stand_in(_PGD_CE, "smooth", name="bpda_smooth", presets=("strong",), doubles=False),
+)
+
+
+# ---------------------------------------------------------------------------
+# The registry and what derives from it.
+
+
+class Registry:
+    """Attack entries in suite order, and everything derived from them."""
+
+    def __init__(self, entries):
+        self._entries = {spec.name: spec for spec in entries}
+        if len(self._entries) != len(entries):
+            raise ValueError(f"Attack names repeat: {[spec.name for spec in entries]}")
+
+    def __getitem__(self, name):
+        if name not in self._entries:
+            raise ValueError(f"Unknown attack {name!r}.")
+        return self._entries[name]
+
+    def __contains__(self, name):
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries.values())
+
+    def extended(self, *entries):
+        """A registry with `entries` appended to the suite."""
+        return Registry([*self, *entries])
+
+    @property
+    def names(self):
+        return tuple(self._entries)
+
+    @property
+    def presets(self):
+        """`{preset: names}`, presets in order of first appearance."""
+        order = dict.fromkeys(p for spec in self for p in spec.presets)
+        return {p: tuple(s.name for s in self if p in s.presets) for p in order}
+
+    def names_where(self, predicate):
+        """Names of the entries for which `predicate(spec)` holds."""
+        return tuple(spec.name for spec in self if predicate(spec))
+
+    def skip_reason(self, name, target, source):
+        """Why attack `name` cannot run on `target`, or None."""
+        return self[name].model.skip_reason(target, source)
+
+    def help(self):
+        """The attack list of the `--attacks` flag."""
+        return f"Comma list of {', '.join(self.names)} or presets ({', '.join(self.presets)})."
+
+    def resolve(self, names):
+        """Expands presets and validates attack names, keeping suite order.
+
+        Raises:
+            ValueError: An unknown name; the message lists the valid ones.
+        """
+        presets = self.presets
+        chosen = set()
+        for name in (name.strip() for name in names):
+            if name in presets:
+                chosen.update(presets[name])
+            elif name in self._entries:
+                chosen.add(name)
+            elif name:
+                raise ValueError(
+                    f"Unknown attack {name!r}. Valid attacks: {', '.join(self.names)}; "
+                    f"presets: {', '.join(presets)}."
+                )
+        if not chosen:
+            raise ValueError(f"No attack given. Valid attacks: {', '.join(self.names)}.")
+        return [name for name in self.names if name in chosen]
+
+
+REGISTRY = Registry(ENTRIES)
+ATTACKS = REGISTRY.names
+PRESETS = REGISTRY.presets
+PLAIN_GRADIENT_ATTACKS = REGISTRY.names_where(lambda s: s.plain_gradient)
+SINGLE_STEP_ATTACKS = REGISTRY.names_where(lambda s: s.plain_gradient and not s.iterative)
+ITERATIVE_ATTACKS = REGISTRY.names_where(lambda s: s.plain_gradient and s.iterative)
+GRADIENT_FREE_ATTACKS = REGISTRY.names_where(lambda s: s.kind == GRADIENT_FREE)
+TRANSFER_ATTACKS = REGISTRY.names_where(lambda s: s.kind == TRANSFER)
+BPDA_ATTACKS = REGISTRY.names_where(lambda s: s.bpda)
+
+
+def resolve_attacks(names, *, registry=REGISTRY):
+    """Expands presets and validates attack names, keeping suite order.
+
+    Raises:
+        ValueError: An unknown name; the message lists the valid ones.
+    """
+    return registry.resolve(names)
+
+
+def attack_settings(name, eps, settings, *, registry=REGISTRY):
+    """The hyper-parameters attack `name` runs with at `eps`, as a dict.
+
+    Raises:
+        ValueError: An unknown name.
+    """
+    return registry[name].settings(eps, settings)

@@ -1,0 +1,205 @@
+"""Tests of sq_keras.evaluation.registry: names, presets and settings derive
+from one entry per attack."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import attacks
+from sq_keras import evaluation
+from sq_keras.evaluation import registry
+from tests.evaluation.fixtures import TOY
+from tests.evaluation.fixtures import shift_to_grey
+from tests.evaluation.fixtures import toy_kwargs
+
+
+class ResolveTest(parameterized.TestCase):
+    def test_strong_preset_is_every_attack_in_suite_order(self):
+        self.assertEqual(evaluation.resolve_attacks(["strong"]), list(evaluation.ATTACKS))
+        self.assertEqual(evaluation.resolve_attacks(["square", "fgsm", "fgsm"]), ["fgsm", "square"])
+
+    def test_unknown_attack_lists_valid_names(self):
+        with self.assertRaisesRegex(ValueError, "Unknown attack 'cw2'.*pgd.*square.*strong"):
+            evaluation.resolve_attacks(["pgd", "cw2"])
+
+    def test_empty_list_is_an_error(self):
+        with self.assertRaisesRegex(ValueError, "No attack given. Valid attacks: fgsm"):
+            evaluation.resolve_attacks(["", " "])
+
+    def test_sweep_adds_large_eps_and_sorts(self):
+        self.assertEqual(evaluation.sweep_eps([0.3, 0.1]), [0.1, 0.3, 0.5])
+        self.assertEqual(evaluation.sweep_eps([0.3], add_large_eps=False), [0.3])
+        self.assertEqual(evaluation.sweep_eps([0.6]), [0.6])
+
+    @parameterized.named_parameters(("negative", -0.1), ("above_one", 1.2))
+    def test_sweep_rejects_eps_outside_unit_interval(self, eps):
+        with self.assertRaisesRegex(ValueError, r"\[0, 1\]"):
+            evaluation.sweep_eps([eps])
+
+    @parameterized.named_parameters(
+        ("steps", {"pgd_steps": 0}),
+        ("restarts", {"restarts": -1}),
+        ("queries", {"square_queries": 0}),
+    )
+    def test_settings_reject_non_positive(self, kwargs):
+        with self.assertRaisesRegex(ValueError, list(kwargs)[0]):
+            evaluation.AttackSettings(**kwargs)
+
+    def test_step_size_follows_eps(self):
+        settings = evaluation.AttackSettings(pgd_steps=100)
+        self.assertAlmostEqual(
+            evaluation.attack_settings("pgd", 0.3, settings)["step_size"], 0.0075
+        )
+        self.assertEqual(evaluation.attack_settings("apgd_dlr", 0.3, settings)["loss"], "dlr")
+
+
+class RegistryTest(parameterized.TestCase):
+    def test_names_presets_and_attack_sets(self):
+        self.assertEqual(
+            evaluation.ATTACKS,
+            (
+                "fgsm",
+                "pgd",
+                "pgd_cw",
+                "apgd_ce",
+                "apgd_dlr",
+                "square",
+                "transfer",
+                "bpda_identity",
+                "bpda_smooth",
+            ),
+        )
+        self.assertEqual(
+            evaluation.PRESETS,
+            {"strong": evaluation.ATTACKS, "fast": ("fgsm", "pgd", "square")},
+        )
+        self.assertEqual(
+            evaluation.PLAIN_GRADIENT_ATTACKS, ("fgsm", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr")
+        )
+        self.assertEqual(evaluation.ITERATIVE_ATTACKS, ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr"))
+        self.assertEqual(evaluation.BPDA_ATTACKS, ("bpda_identity", "bpda_smooth"))
+        self.assertEqual(registry.GRADIENT_FREE_ATTACKS, ("square",))
+        self.assertEqual(registry.TRANSFER_ATTACKS, ("transfer",))
+        doubling = evaluation.REGISTRY.names_where(lambda s: s.doubles)
+        self.assertEqual(doubling, ("pgd", "pgd_cw", "bpda_identity"))
+
+    @parameterized.named_parameters(
+        ("fgsm", "fgsm", {"attack": "fgsm", "loss": "ce"}),
+        (
+            "pgd_cw",
+            "pgd_cw",
+            {
+                "attack": "pgd",
+                "num_steps": 100,
+                "step_size": 0.0075,
+                "restarts": 1,
+                "random_start": True,
+                "seed": 0,
+                "loss": "margin",
+            },
+        ),
+        ("apgd_ce", "apgd_ce", {"attack": "apgd", "num_steps": 100, "loss": "ce", "seed": 0}),
+        (
+            "square",
+            "square",
+            {"attack": "square", "max_queries": 1000, "p_init": 0.8, "seed": 0},
+        ),
+        (
+            "transfer",
+            "transfer",
+            {
+                "attack": "pgd",
+                "num_steps": 100,
+                "step_size": 0.0075,
+                "restarts": 1,
+                "random_start": True,
+                "seed": 0,
+                "loss": "ce",
+                "crafted_on": "source model",
+            },
+        ),
+        (
+            "bpda_smooth",
+            "bpda_smooth",
+            {
+                "attack": "pgd",
+                "num_steps": 100,
+                "step_size": 0.0075,
+                "restarts": 1,
+                "random_start": True,
+                "seed": 0,
+                "loss": "ce",
+                "stand_in": "smooth",
+                "smooth_alpha": 10.0,
+            },
+        ),
+    )
+    def test_recorded_settings_keep_their_layout(self, name, expected):
+        settings = evaluation.attack_settings(name, 0.3, evaluation.AttackSettings())
+        self.assertEqual(list(settings.items()), list(expected.items()))
+
+    def test_entry_names_its_attack_function_and_model(self):
+        spec = evaluation.REGISTRY["bpda_identity"]
+        self.assertIs(spec.attack, attacks.pgd)
+        self.assertEqual(spec.model, registry.ThroughStandIn("identity"))
+        self.assertEqual(evaluation.REGISTRY["transfer"].model, registry.OnSource())
+        self.assertTrue(evaluation.REGISTRY["square"].returns_queries)
+        with self.assertRaisesRegex(ValueError, "Unknown attack 'nope'"):
+            evaluation.attack_settings("nope", 0.3, evaluation.AttackSettings())
+
+    def test_extended_registry_derives_presets_sets_and_help(self):
+        extended = evaluation.REGISTRY.extended(TOY)
+        self.assertNotIn("toy_grey", evaluation.REGISTRY)
+        self.assertEqual(extended.names[-1], "toy_grey")
+        self.assertEqual(evaluation.resolve_attacks(["strong"], registry=extended)[-1], "toy_grey")
+        self.assertEqual(evaluation.resolve_attacks(["toy"], registry=extended), ["toy_grey"])
+        self.assertEqual(
+            extended.names_where(lambda s: s.kind == registry.GRADIENT_FREE),
+            ("square", "toy_grey"),
+        )
+        self.assertIn("toy_grey or presets (strong, fast, toy)", extended.help())
+        self.assertEqual(
+            evaluation.attack_settings("toy_grey", 0.3, None, registry=extended),
+            {"attack": "shift_to_grey", "toward": 0.5},
+        )
+        with self.assertRaisesRegex(ValueError, "Unknown attack 'toy_grey'"):
+            evaluation.resolve_attacks(["toy_grey"])
+
+    def test_bpda_version_of_any_gradient_attack_is_one_derived_entry(self):
+        apgd_bpda = registry.through_stand_in(
+            evaluation.REGISTRY["apgd_ce"], "identity", name="bpda_apgd_ce"
+        )
+        extended = evaluation.REGISTRY.extended(apgd_bpda)
+        self.assertEqual(
+            extended.names_where(lambda s: s.bpda),
+            ("bpda_identity", "bpda_smooth", "bpda_apgd_ce"),
+        )
+        self.assertNotIn("bpda_apgd_ce", extended.names_where(lambda s: s.plain_gradient))
+        self.assertEqual(
+            evaluation.attack_settings(
+                "bpda_apgd_ce", 0.3, evaluation.AttackSettings(), registry=extended
+            ),
+            {"attack": "apgd", "num_steps": 100, "loss": "ce", "seed": 0, "stand_in": "identity"},
+        )
+
+    @parameterized.named_parameters(
+        ("transfer_without_source", "transfer", dict(), "no source model given"),
+        ("bpda_without_quantizer", "bpda_smooth", dict(), "no SoftQuantization layer"),
+        (
+            "bpda_on_saved_model",
+            "bpda_identity",
+            dict(has_quantizer=True),
+            "needs the Keras model",
+        ),
+    )
+    def test_skip_reasons_come_from_the_model_an_attack_runs_on(self, name, fields, reason):
+        target = evaluation.Target(model_fn=None, path="x", **fields)
+        self.assertIn(reason, evaluation.REGISTRY.skip_reason(name, target, None))
+        self.assertIsNone(evaluation.REGISTRY.skip_reason("pgd", target, None))
+
+    def test_unknown_kind_is_rejected(self):
+        with self.assertRaisesRegex(ValueError, "kind"):
+            evaluation.AttackSpec("x", shift_to_grey, toy_kwargs, kind="physical")
+
+
+if __name__ == "__main__":
+    absltest.main()
