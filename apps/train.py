@@ -19,6 +19,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from sq_keras import attacks  # noqa: E402
 from sq_keras import data  # noqa: E402
 from sq_keras import distribute  # noqa: E402
 from sq_keras import precision  # noqa: E402
@@ -65,7 +66,7 @@ _ALPHA_END = flags.DEFINE_float("alpha_end", _DEFAULTS.alpha_end, "Steepness, la
 _ALPHA_SCHEDULE = flags.DEFINE_enum(
     "alpha_schedule",
     _DEFAULTS.alpha_schedule,
-    ["geometric", "linear", "constant"],
+    list(training.ALPHA_SCHEDULES),
     "How steepness moves from --alpha_start to --alpha_end over epochs.",
 )
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", _DEFAULTS.pgd_steps, "Attack steps of pgd_at.")
@@ -80,7 +81,7 @@ _EPS_WARMUP_STEPS = flags.DEFINE_integer(
 )
 _KEEP_EPOCH_WEIGHTS = flags.DEFINE_bool(
     "keep_epoch_weights",
-    False,
+    _DEFAULTS.keep_epoch_weights,
     "Also save the weights after every epoch to <model_dir>/epochs/.",
 )
 _FGSM_STEP_SIZE = flags.DEFINE_float(
@@ -94,7 +95,7 @@ _ADV_FRACTION = flags.DEFINE_float(
 _STAND_IN = flags.DEFINE_enum(
     "stand_in",
     _DEFAULTS.stand_in,
-    ["identity", "smooth"],
+    list(attacks.STAND_INS),
     "BPDA stand-in of the quantizer used by training attacks (sq_fgsm).",
 )
 _GRADNORM_WEIGHT = flags.DEFINE_float(
@@ -117,7 +118,7 @@ _INIT_WEIGHTS = flags.DEFINE_string(
 )
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed.")
 _DETERMINISTIC = flags.DEFINE_boolean(
-    "deterministic", False, "Use TensorFlow's deterministic ops (slower)."
+    "deterministic", _DEFAULTS.deterministic, "Use TensorFlow's deterministic ops (slower)."
 )
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Run directory; default: runs/<dataset>_<method>."
@@ -145,19 +146,15 @@ _STRATEGY = flags.DEFINE_enum(
     "MultiWorkerMirroredStrategy with the cluster in $TF_CONFIG; tpu: TPUStrategy.",
 )
 _OVERWRITE = flags.DEFINE_boolean(
-    "overwrite", False, "Discard a different run found in --model_dir."
+    "overwrite", _DEFAULTS.overwrite, "Discard a different run found in --model_dir."
 )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
-    tf.get_logger().setLevel("ERROR")
-    policy = precision.set_policy(_MIXED_PRECISION.value)
+def _train_config(policy):
+    """The flags as a `TrainConfig`; `policy` is the dtype policy in force."""
     method = _METHOD.value or data.get_info(_DATASET.value).method
     name = f"{_DATASET.value}_{method}"
-    config = training.TrainConfig(
+    return training.TrainConfig(
         dataset=_DATASET.value,
         method=method,
         model=_MODEL.value,
@@ -194,6 +191,14 @@ def main(argv):
         strategy=_STRATEGY.value,
         overwrite=_OVERWRITE.value,
     )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+    config = _train_config(precision.set_policy(_MIXED_PRECISION.value))
     try:
         training.train(config)
     except (ValueError, data.DataError, training.TrainingError) as e:

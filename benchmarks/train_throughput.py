@@ -52,31 +52,22 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
-    policy = precision.set_policy(_MIXED_PRECISION.value)
+def _configs(policy):
+    """One `TrainConfig` per --methods entry."""
     unknown = [m for m in _METHODS.value if m not in training.METHODS]
     if unknown:
         raise app.UsageError(f"Unknown methods {unknown}. Valid: {sorted(training.METHODS)}")
     overrides = {} if _PGD_STEPS.value is None else {"pgd_steps": _PGD_STEPS.value}
-    configs = {
+    return {
         method: training.TrainConfig(
             dataset=_DATASET.value, method=method, mixed_precision=policy, **overrides
         )
         for method in _METHODS.value
     }
-    config = configs[_METHODS.value[0]].resolved()
-    timed = throughput.time_train_steps(
-        configs,
-        batch_size=_BATCH_SIZE.value,
-        steps=_STEPS.value,
-        repeats=_REPEATS.value,
-        log=lambda line: print(line, flush=True),
-    )
 
-    rows = dict(timed)
+
+def _print_table(rows):
+    """Prints the Markdown table; adds `cost_vs_natural` to each row."""
     base = rows.get("natural")
     print("\n| method | images/s | s/step | cost vs natural |\n|---|---|---|---|")
     for method, row in rows.items():
@@ -86,27 +77,50 @@ def main(argv):
             f"| {method} | {row['images_per_second']:.0f} | {row['seconds_per_step']:.3f} "
             f"| {ratio:.2f}x |"
         )
+
+
+def _write(path, rows, config, policy):
+    """Writes the rows with the command, settings and machine that produced them."""
+    commit = provenance.environment()["git_commit"]
+    payload = {
+        "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
+        "dataset": _DATASET.value,
+        "model": config.model,
+        "batch_size": _BATCH_SIZE.value,
+        "steps": _STEPS.value,
+        "repeats": _REPEATS.value,
+        "pgd_steps": config.pgd_steps,
+        "policy": policy,
+        "machine": provenance.machine_description(),
+        "tensorflow": tf.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        "methods": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"Wrote {path}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    policy = precision.set_policy(_MIXED_PRECISION.value)
+    configs = _configs(policy)
+    config = configs[_METHODS.value[0]].resolved()
+    timed = throughput.time_train_steps(
+        configs,
+        batch_size=_BATCH_SIZE.value,
+        steps=_STEPS.value,
+        repeats=_REPEATS.value,
+        log=lambda line: print(line, flush=True),
+    )
+    rows = dict(timed)
+    _print_table(rows)
     if _OUTPUT.value:
-        commit = provenance.environment()["git_commit"]
-        payload = {
-            "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
-            "dataset": _DATASET.value,
-            "model": config.model,
-            "batch_size": _BATCH_SIZE.value,
-            "steps": _STEPS.value,
-            "repeats": _REPEATS.value,
-            "pgd_steps": config.pgd_steps,
-            "policy": policy,
-            "machine": provenance.machine_description(),
-            "tensorflow": tf.__version__,
-            "commit": commit,
-            "date": time.strftime("%Y-%m-%d"),
-            "methods": rows,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-        with open(_OUTPUT.value, "w") as f:
-            json.dump(payload, f, indent=2)
-        print(f"Wrote {_OUTPUT.value}")
+        _write(_OUTPUT.value, rows, config, policy)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Wall-clock seconds per epoch depend on whatever else the machine runs. To
 compare methods, `time_train_steps` builds each configuration's real train
-step (same model, optimiser and batch) and times them round-robin in one
+step (`training.build_components`: same model, optimiser and batch as a
+training run) and times them round-robin in one
 process: every repeat runs `steps` steps of each configuration in turn, so
 load from other processes hits all of them alike, and the median over repeats
 is kept. Images are random (a step's cost does not depend on pixel values);
@@ -25,36 +26,23 @@ import tensorflow as tf
 
 from sq_keras import data
 from sq_keras import distribute
-from sq_keras import models
 from sq_keras import training
 
 
 def _build_step(config, info):
+    """`config`'s train step, built as `training.train` builds it."""
     keras.utils.set_random_seed(config.seed)
-    quantizer = None
-    if training.METHODS[config.method].quantizer:
-        quantizer = {
-            "num_thresholds": config.num_thresholds,
-            "alpha": config.alpha_end,
-            "per_channel": config.per_channel,
-        }
-    model = models.build(
-        config.model,
-        input_shape=info.image_shape,
-        num_classes=info.num_classes,
-        soft_quantization=quantizer,
-    )
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    if config.mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
     strategy = distribute.make_strategy("default")
-    builder = training.STEP_BUILDERS[training.METHODS[config.method].step]
-    return builder(model, optimizer, config, strategy)
+    _, _, step = training.build_components(config, info, strategy)
+    return step
 
 
-def _batches(config, images):
-    """`index -> images` as the input pipeline hands them to the step."""
+def _input_stage(config, images):
+    """`index -> images` as the input pipeline hands them to the step.
+
+    Noisy-sample methods get the pipeline's noise, drawn in the timed loop
+    so that its cost counts; other methods get `images` as they are.
+    """
     if not training.METHODS[config.method].noise or config.noise == "none":
         return lambda index: images
 
@@ -95,14 +83,19 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None):
     rng = np.random.default_rng(0)
     images = tf.constant(rng.random((batch_size, *info.image_shape), dtype=np.float32))
     labels = tf.constant(rng.integers(0, info.num_classes, batch_size), tf.int64)
-
     runs = {}
     for name, config in configs.items():
         if log:
             log(f"Building and warming up the train step of {name} ...")
-        step, batch = _build_step(config, info), _batches(config, images)
+        step, batch = _build_step(config, info), _input_stage(config, images)
         float(step(batch(0), labels)[0])  # tracing and the first run
         runs[name] = (step, batch)
+    seconds = _time_round_robin(runs, labels, steps=steps, repeats=repeats, log=log)
+    return {name: _summary(values, batch_size, steps) for name, values in seconds.items()}
+
+
+def _time_round_robin(runs, labels, *, steps, repeats, log):
+    """Seconds of `steps` steps of each run, per repeat, the runs taking turns."""
     seconds = {name: [] for name in runs}
     for repeat in range(repeats):
         for name, (step, batch) in runs.items():
@@ -113,12 +106,13 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None):
             seconds[name].append(time.perf_counter() - start)
         if log:
             log(f"  timing repeat {repeat + 1}/{repeats} done")
-    results = {}
-    for name, values in seconds.items():
-        per_step = statistics.median(values) / steps
-        results[name] = {
-            "seconds_per_step": per_step,
-            "images_per_second": batch_size / per_step,
-            "all_repeats_seconds": values,
-        }
-    return results
+    return seconds
+
+
+def _summary(values, batch_size, steps):
+    per_step = statistics.median(values) / steps
+    return {
+        "seconds_per_step": per_step,
+        "images_per_second": batch_size / per_step,
+        "all_repeats_seconds": values,
+    }

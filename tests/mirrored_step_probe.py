@@ -27,18 +27,7 @@ from sq_keras import training  # noqa: E402
 def one_step(strategy, images, labels, method):
     config = training.TrainConfig(method=method, mixed_precision="float32").resolved()
     keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = models.build(
-            "madry_mnist",
-            input_shape=(28, 28, 1),
-            num_classes=10,
-            soft_quantization={"num_thresholds": 1, "alpha": 20.0},
-        )
-        optimizer = keras.optimizers.Adam(1e-3)
-        optimizer.build(model.trainable_variables)
-        step = training.STEP_BUILDERS[training.METHODS[method].step](
-            model, optimizer, config, strategy
-        )
+    model, _, step = training.build_components(config, data.get_info(config.dataset), strategy)
     before = [v.numpy() for v in model.trainable_variables]
     dataset = tf.data.Dataset.from_tensors((images, labels))
     for x, y in strategy.experimental_distribute_dataset(dataset):

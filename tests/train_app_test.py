@@ -49,6 +49,9 @@ class TrainAppTest(parameterized.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertLess(elapsed, 120)
         self.assertIn("Epoch 1/1", proc.stdout)
+        # Not a terminal: per-epoch lines, no redrawn progress bar.
+        self.assertNotIn("\r", proc.stdout)
+        self.assertNotIn("\x1b[", proc.stdout)
 
         with open(os.path.join(model_dir, "results.json")) as f:
             results = json.load(f)

@@ -5,6 +5,9 @@ from sq_keras import data
 train = data.load("mnist", "train", data_dir="../shared/data")  # (image, label)
 train = data.add_noise(train.batch(128), kind="uniform", scale=0.3, seed=0)
 ```
+
+A training run's input pipeline (each epoch's shuffled, augmented and noised
+batches, the test batches, ImageNet streamed) is `load_training_data`.
 """
 
 from sq_keras.data.augment import AUGMENTATIONS
@@ -21,6 +24,11 @@ from sq_keras.data.datasets import resolve_data_dir
 from sq_keras.data.noise import NOISE_KINDS
 from sq_keras.data.noise import add_noise
 from sq_keras.data.noise import noise_batch
+from sq_keras.data.pipeline import TrainingData
+from sq_keras.data.pipeline import float_batches
+from sq_keras.data.pipeline import load_training_data
+from sq_keras.data.pipeline import make_train_dataset
+from sq_keras.data.pipeline import resize_and_crop
 
 __all__ = [
     "AUGMENTATIONS",
@@ -30,11 +38,16 @@ __all__ = [
     "DataError",
     "DatasetInfo",
     "NOISE_KINDS",
+    "TrainingData",
     "add_noise",
+    "float_batches",
     "get_info",
     "load",
     "load_arrays",
     "load_stream",
+    "load_training_data",
+    "make_train_dataset",
     "noise_batch",
+    "resize_and_crop",
     "resolve_data_dir",
 ]

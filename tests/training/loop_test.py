@@ -1,4 +1,4 @@
-"""Tests for sq_keras.training: short real trainings on MNIST subsets."""
+"""Tests for sq_keras.training.loop: short real trainings on MNIST subsets."""
 
 import glob
 import json
@@ -250,52 +250,6 @@ class TrainTest(parameterized.TestCase):
         # The penalty shrinks the input-gradient norm it penalises.
         self.assertLess(gradnorm["grad_l1"], 0.5 * natural["grad_l1"])
 
-    @parameterized.named_parameters(
-        ("method", {"method": "pgd"}, "Valid methods"),
-        ("dataset", {"dataset": "cifar"}, "Valid datasets"),
-        ("eps", {"eps": 1.5}, "eps must be in"),
-        ("epochs", {"epochs": 0}, "epochs must be"),
-        ("batch", {"batch_size": 0}, "batch_size must be"),
-        ("noise", {"noise": "salt"}, "noise must be one of"),
-        ("thresholds", {"num_thresholds": 0}, "num_thresholds must be"),
-        ("pgd_steps", {"pgd_steps": 0}, "pgd_steps must be"),
-        ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
-        ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
-        ("eps_warmup_steps", {"eps_warmup_steps": -1}, "eps_warmup_steps must be"),
-    )
-    def test_invalid_config(self, kwargs, pattern):
-        with self.assertRaisesRegex(ValueError, pattern):
-            training.train(_config(self.create_tempdir().full_path, **kwargs))
-
-    def test_default_method_is_the_datasets_selected_recipe(self):
-        # MNIST's default is the recipe apps.reproduce chose on held-out data;
-        # datasets without that comparison train the paper's recipe.
-        self.assertEqual(training.TrainConfig(dataset="mnist").resolved().method, "sq_fgsm")
-        self.assertEqual(training.TrainConfig(dataset="cifar10").resolved().method, "sq_noisy")
-        explicit = training.TrainConfig(dataset="mnist", method="natural").resolved()
-        self.assertEqual(explicit.method, "natural")
-
-    def test_epoch_datasets_are_reproducible_and_differ_between_epochs(self):
-        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
-        labels = np.arange(20, dtype=np.int64)
-        config = _config("unused", method="sq_noisy", batch_size=20).resolved()
-
-        def epoch_batch(epoch):
-            ((x, y),) = list(training.make_train_dataset(images, labels, config, epoch))
-            return x.numpy(), y.numpy()
-
-        x0, y0 = epoch_batch(0)
-        x0b, y0b = epoch_batch(0)
-        x1, y1 = epoch_batch(1)
-        np.testing.assert_array_equal(x0, x0b)
-        np.testing.assert_array_equal(y0, y0b)
-        self.assertFalse(np.array_equal(y0, y1))
-        self.assertFalse(np.array_equal(x0, x1))
-        self.assertEqual(sorted(y0.tolist()), list(range(20)))
-        clean = images[y0].astype(np.float32) / 255.0
-        self.assertLessEqual(np.abs(x0 - clean).max(), 0.3 + 1e-6)
-        self.assertGreater(np.abs(x0 - clean).mean(), 0.05)
-
 
 class OtherDatasetsTest(parameterized.TestCase):
     @parameterized.named_parameters(
@@ -390,106 +344,6 @@ class ImageNetTest(parameterized.TestCase):
             data.load_stream("imagenet2012", "train", data_dir=root)
         with self.assertRaisesRegex(ValueError, "load_stream"):
             data.load_arrays("imagenet2012", "train", data_dir=root)
-
-
-def _mnist_batch(n):
-    images, labels = data.load_arrays("mnist", f"train[:{n}]")
-    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
-
-
-def _step(method, **overrides):
-    config = training.TrainConfig(
-        dataset="mnist", method=method, mixed_precision="float32", **overrides
-    ).resolved()
-    keras.utils.set_random_seed(0)
-    quantizer = None
-    if training.METHODS[method].quantizer:
-        quantizer = {"num_thresholds": 1, "alpha": 10.0}
-    model = training.models.build(
-        "madry_mnist", input_shape=(28, 28, 1), num_classes=10, soft_quantization=quantizer
-    )
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    strategy = tf.distribute.get_strategy()
-    builder = training.STEP_BUILDERS[training.METHODS[method].step]
-    return builder(model, optimizer, config, strategy), model
-
-
-class TrainStepTest(parameterized.TestCase):
-    @parameterized.parameters(*sorted(training.METHODS))
-    def test_loss_falls_over_a_few_steps(self, method):
-        images, labels = _mnist_batch(128)
-        step, _ = _step(method, eps=0.1, pgd_steps=5, pgd_step_size=0.03)
-        losses = [float(step(images, labels)[0]) / 128 for _ in range(12)]
-        self.assertTrue(np.all(np.isfinite(losses)), losses)
-        self.assertLess(np.mean(losses[-3:]), 0.8 * np.mean(losses[:3]), losses)
-
-    @parameterized.parameters(("pgd_at", 0), ("fgsm_rs", 0), ("pgd_at", 50))
-    def test_training_attacks_stay_in_the_eps_ball(self, method, warmup):
-        images, labels = _mnist_batch(64)
-        distance = tf.Variable(0.0)
-        bounds = tf.Variable([1.0, 0.0])
-        pgd = training.attacks.pgd
-
-        def recording_pgd(model_fn, x, y, **kwargs):
-            x_adv = pgd(model_fn, x, y, **kwargs)
-            distance.assign(tf.maximum(distance, tf.reduce_max(tf.abs(x_adv - x))))
-            bounds.assign([tf.reduce_min(x_adv), tf.reduce_max(x_adv)])
-            return x_adv
-
-        with mock.patch.object(training.attacks, "pgd", recording_pgd):
-            step, _ = _step(method, eps=0.3, pgd_steps=5, eps_warmup_steps=warmup)
-            step(images, labels)
-        # The first step's radius is eps / warmup during a warm-up, eps else.
-        limit = 0.3 / warmup if warmup else 0.3
-        self.assertLessEqual(float(distance), limit + 1e-6)
-        self.assertGreater(float(distance), 0.5 * limit)
-        self.assertGreaterEqual(float(bounds[0]), 0.0)
-        self.assertLessEqual(float(bounds[1]), 1.0)
-
-    def test_gradnorm_penalty_matches_finite_differences(self):
-        images, labels = _mnist_batch(3)
-        keras.utils.set_random_seed(0)
-        # A smooth float64 CNN, so that central differences are accurate.
-        model = keras.Sequential(
-            [
-                keras.Input((28, 28, 1), dtype="float64"),
-                keras.layers.Conv2D(8, 5, strides=2, activation="tanh", dtype="float64"),
-                keras.layers.Flatten(dtype="float64"),
-                keras.layers.Dense(10, dtype="float64"),
-            ]
-        )
-        x = tf.constant(images, tf.float64)
-        loss, logits, l1 = training.gradnorm_loss(
-            model, x, tf.constant(labels), eps=0.3, weight=2.0, training=False
-        )
-        ce = training.attacks.cross_entropy_loss(tf.cast(logits, tf.float32), labels)
-        # Central differences of the cross-entropy, one pixel at a time.
-        h = 1e-6
-        eye = np.eye(784).reshape(784, 28, 28, 1) * h
-        for i in range(3):
-            plus = model(x[i] + eye, training=False)
-            minus = model(x[i] - eye, training=False)
-            y = np.full(784, labels[i])
-            ce_plus = tf.nn.sparse_softmax_cross_entropy_with_logits(y, plus)
-            ce_minus = tf.nn.sparse_softmax_cross_entropy_with_logits(y, minus)
-            numeric = np.abs((ce_plus - ce_minus).numpy() / (2 * h)).sum()
-            self.assertGreater(numeric, 0.0)
-            np.testing.assert_allclose(float(l1[i]), numeric, rtol=1e-4)
-            penalty = float(loss[i]) - float(ce[i])
-            np.testing.assert_allclose(penalty, 2.0 * 0.3 * numeric, rtol=1e-4)
-
-
-class InputGradientStatsTest(parameterized.TestCase):
-    def test_linear_model_gradient_norm(self):
-        # logits = [w.x, 0]: d CE / dx = -(1 - p_0) * w for label 0.
-        inputs = keras.Input((2,))
-        dense = keras.layers.Dense(2, use_bias=False)
-        model = keras.Model(inputs, dense(inputs))
-        dense.kernel.assign([[1.0, 0.0], [-2.0, 0.0]])
-        x = np.zeros((1, 2), np.float32)
-        l1, zero = training.input_gradient_stats(model, x, np.array([0]))
-        self.assertAlmostEqual(l1, 0.5 * 3.0, places=5)
-        self.assertEqual(zero, 0.0)
 
 
 if __name__ == "__main__":

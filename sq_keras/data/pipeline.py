@@ -1,0 +1,208 @@
+"""The input pipeline of a training run: each epoch's batches, the test batches.
+
+Training batches are shuffled, augmented and (for noisy-sample methods)
+noised with randomness keyed by `(seed, epoch)`, so every epoch differs and a
+resumed run sees exactly the batches it would have seen. Small datasets are
+held in memory as uint8 arrays; ImageNet streams from tensorflow-datasets and
+is resized and cropped on the fly.
+
+```python
+from sq_keras import data
+
+source = data.load_training_data(config, data.get_info("mnist"), add_noise=True)
+for images, labels in source.train_batches(epoch, drop_remainder=False):
+    ...   # float32 images in [0, 1], int64 labels
+accuracy_batches = source.eval_batches()
+```
+
+`config` is a resolved `sq_keras.training.TrainConfig`, or any object with
+its attributes `dataset`, `data_dir`, `train_examples`, `eval_examples`,
+`grad_examples`, `batch_size`, `seed`, `augment`, `noise` and `noise_scale`.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from sq_keras.data.augment import add_augmentation
+from sq_keras.data.datasets import load_arrays
+from sq_keras.data.datasets import load_stream
+from sq_keras.data.noise import add_noise as add_noise_stage
+
+EVAL_BATCH_SIZE = 1000
+STREAMED_EVAL_BATCH_SIZE = 64
+SHUFFLE_BUFFER = 10_000
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What the training loop needs from a dataset, whether in memory or streamed.
+
+    Attributes:
+        num_train: Training examples (None when a stream does not say).
+        train_batches: `(epoch, drop_remainder) -> tf.data` of the epoch's
+            `(float32 images, int64 labels)` batches, augmented and noised.
+        eval_batches: `() -> tf.data` of clean test batches.
+        grad_x: float32 test images of the `grad_l1` curve.
+        grad_y: Their labels.
+        class_names: Label names.
+    """
+
+    num_train: int
+    train_batches: object
+    eval_batches: object
+    grad_x: np.ndarray
+    grad_y: np.ndarray
+    class_names: tuple
+
+
+def float_batches(images, labels, batch_size, *, drop_remainder=False):
+    """uint8 arrays -> float32 batches in [0, 1] (cast once per batch)."""
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+        batch_size, drop_remainder=drop_remainder
+    )
+    return ds.map(
+        lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def make_train_dataset(images, labels, config, epoch, *, add_noise, drop_remainder=False):
+    """The training batches of one epoch: shuffled, batched, augmented, noised.
+
+    Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
+    differs and a resumed run sees exactly the batches it would have seen.
+
+    Args:
+        images: uint8 `[N, H, W, C]`.
+        labels: int `[N]`.
+        config: A resolved `TrainConfig` (see the module docstring).
+        epoch: 0-based epoch.
+        add_noise: Whether the method trains on noisy samples
+            (`config.noise` of size `config.noise_scale`).
+        drop_remainder: Drop the last partial batch.
+
+    Returns:
+        A prefetched `tf.data.Dataset` of `(float32 images, labels)` batches.
+    """
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
+    ds = float_batches(
+        images[order], labels[order], config.batch_size, drop_remainder=drop_remainder
+    )
+    ds = add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
+    return _with_method_noise(ds, config, epoch, add_noise=add_noise)
+
+
+def _with_method_noise(ds, config, epoch, *, add_noise):
+    if add_noise:
+        ds = add_noise_stage(
+            ds, kind=config.noise, scale=config.noise_scale, seed=(config.seed, epoch)
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def resize_and_crop(image, size, *, augment, seed):
+    """A uint8 image of any size -> float32 `[size, size, 3]` in [0, 1].
+
+    Resizes the shorter side to `size * 8 / 7` (256 for 224), then crops
+    `size x size`: at random (and flips with probability 1/2 for
+    "crop_flip") when `augment` is not "none", else in the centre.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (size * 8 / 7) / tf.reduce_min(shape)
+    resized = tf.image.resize(image, tf.cast(tf.math.ceil(shape * scale), tf.int32))
+    if augment == "none":
+        out = tf.image.resize_with_crop_or_pad(resized, size, size)
+    else:
+        seeds = tf.random.experimental.stateless_split(seed, 2)
+        out = tf.image.stateless_random_crop(resized, [size, size, 3], seed=seeds[0])
+        if augment == "crop_flip":
+            out = tf.image.stateless_random_flip_left_right(out, seed=seeds[1])
+    return tf.clip_by_value(out / 255.0, 0.0, 1.0)
+
+
+def _splits(config):
+    train = "train" if config.train_examples is None else f"train[:{config.train_examples}]"
+    test = "test" if config.eval_examples is None else f"test[:{config.eval_examples}]"
+    return train, test
+
+
+def _in_memory_data(config, info, *, add_noise):
+    train_split, test_split = _splits(config)
+    train_x, train_y = load_arrays(config.dataset, train_split, config.data_dir)
+    test_x, test_y = load_arrays(config.dataset, test_split, config.data_dir)
+    return TrainingData(
+        num_train=len(train_x),
+        train_batches=lambda epoch, drop: make_train_dataset(
+            train_x, train_y, config, epoch, add_noise=add_noise, drop_remainder=drop
+        ),
+        eval_batches=lambda: float_batches(test_x, test_y, EVAL_BATCH_SIZE),
+        grad_x=test_x[: config.grad_examples].astype(np.float32) / 255.0,
+        grad_y=test_y[: config.grad_examples],
+        class_names=info.class_names,
+    )
+
+
+def _streamed_train_batches(train, config, size, *, add_noise):
+    """`(epoch, drop_remainder) -> tf.data` over a stream of uint8 images."""
+
+    def train_batches(epoch, drop_remainder):
+        key = tf.constant([config.seed, epoch], tf.int64)
+        ds = train.shuffle(
+            SHUFFLE_BUFFER, seed=config.seed * 1_000_003 + epoch, reshuffle_each_iteration=False
+        )
+        ds = ds.enumerate().map(
+            lambda i, example: (
+                resize_and_crop(
+                    example[0],
+                    size,
+                    augment=config.augment,
+                    seed=tf.random.experimental.stateless_fold_in(key, i),
+                ),
+                example[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        ds = ds.batch(config.batch_size, drop_remainder=drop_remainder)
+        return _with_method_noise(ds, config, epoch, add_noise=add_noise)
+
+    return train_batches
+
+
+def _streamed_data(config, info, *, add_noise):
+    size = info.image_shape[0]
+    train_split, test_split = _splits(config)
+    train, num_train, names = load_stream(config.dataset, train_split, config.data_dir)
+    test, _, _ = load_stream(config.dataset, test_split, config.data_dir)
+    test = test.map(
+        lambda x, y: (resize_and_crop(x, size, augment="none", seed=None), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    grad_x, grad_y = next(iter(test.batch(config.grad_examples)))
+    return TrainingData(
+        num_train=num_train,
+        train_batches=_streamed_train_batches(train, config, size, add_noise=add_noise),
+        eval_batches=lambda: test.batch(STREAMED_EVAL_BATCH_SIZE),
+        grad_x=grad_x.numpy(),
+        grad_y=grad_y.numpy(),
+        class_names=names,
+    )
+
+
+def load_training_data(config, info, *, add_noise):
+    """The training run's data, in memory or streamed as `info` says.
+
+    Args:
+        config: A resolved `TrainConfig` (see the module docstring).
+        info: The dataset's `DatasetInfo`.
+        add_noise: Whether training batches get the method's noise.
+
+    Returns:
+        A `TrainingData`.
+
+    Raises:
+        sq_keras.data.DataError: Dataset files missing or corrupt.
+    """
+    load = _streamed_data if info.streaming else _in_memory_data
+    return load(config, info, add_noise=add_noise)

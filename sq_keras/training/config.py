@@ -1,0 +1,221 @@
+"""The configuration of a training run and its checks.
+
+Every field has a default; None means "the dataset's default", filled in by
+`fill_defaults`. `validate` runs one small check per field, each failing with
+a message that names the field, the requirement and the value received.
+The resolved configuration is what `config.json` records.
+
+```python
+config = TrainConfig(dataset="mnist", epochs=3).resolved()
+config.method, config.eps          # ("sq_fgsm", 0.3)
+TrainConfig(eps=2.0).resolved()    # ValueError: eps must be in [0, 1]. Received: 2.0
+```
+"""
+
+import dataclasses
+
+from sq_keras import attacks
+from sq_keras import data
+from sq_keras import distribute
+from sq_keras import models
+from sq_keras.training.methods import METHODS
+from sq_keras.training.schedules import ALPHA_SCHEDULES
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on. None means "the dataset's default".
+
+    Attributes:
+        dataset: Key of `sq_keras.data.DATASETS`.
+        method: Key of `METHODS`; None for the dataset's (`sq_fgsm` for
+            MNIST, `sq_noisy` elsewhere).
+        model: Key of `sq_keras.models.MODELS`; None for the dataset's.
+        epochs: Number of passes over the training set.
+        batch_size: Examples per step.
+        learning_rate: Adam learning rate.
+        eps: Threat radius in [0, 1] pixel units; None for the dataset's.
+        augment: Training augmentation, one of `sq_keras.data.AUGMENTATIONS`;
+            None for the dataset's (crops and flips for CIFAR-10).
+        noise: Noise kind, one of `sq_keras.data.NOISE_KINDS`.
+        noise_scale: Noise size; None means `eps`.
+        num_thresholds: Thresholds K of the quantizer; None for the dataset's
+            (1 for MNIST-like sets, 7 for 32x32 colour, 15 for ImageNet).
+        per_channel: One threshold set per input channel.
+        alpha_start: Quantizer steepness in the first epoch.
+        alpha_end: Quantizer steepness in the last epoch (kept at export).
+        alpha_schedule: "geometric", "linear" or "constant".
+        pgd_steps: Attack steps of `pgd_at`.
+        pgd_step_size: Attack step size of `pgd_at`.
+        fgsm_step_size: Step of `fgsm_rs` / `sq_fgsm`; None means 1.25 * eps.
+        adv_fraction: Share of each batch that `pgd_at`, `fgsm_rs` and
+            `sq_fgsm` attack; the rest gets `noise`.
+        stand_in: BPDA stand-in of the quantizer for training attacks,
+            "identity" (straight-through) or "smooth".
+        gradnorm_weight: Weight of the gradient penalty of `gradnorm`.
+        hard_inference: Export with the exact staircase at inference.
+        train_examples: Use only the first N training examples (None: all).
+        seed: Seeds weights, shuffling and noise.
+        deterministic: Enable TensorFlow's deterministic ops.
+        model_dir: Where checkpoints, logs, config and results go.
+        export_dir: Base directory of the SavedModel versions (TensorFlow
+            Serving layout, `<export_dir>/<version>/`); None for no export.
+        data_dir: Local dataset directory; None for $SQ_KERAS_DATA_DIR/tfds.
+        mixed_precision: The resolved Keras dtype policy name in force.
+        strategy: `tf.distribute` strategy, one of
+            `sq_keras.distribute.STRATEGIES`.
+        grad_examples: Test examples used for the `grad_l1` curve.
+        eval_examples: Test examples scored after each epoch (None: all).
+        init_weights: Weights file for the model's pretrained part (see
+            `sq_keras.models.build`), e.g. ImageNet weights of ResNet50.
+        overwrite: Start afresh if `model_dir` holds a different run.
+        eps_warmup_steps: Adversarial methods: ramp the training attack's eps
+            (and step size) linearly from 0 over this many optimizer steps
+            (0: full eps from the start, as Madry et al.).
+        keep_epoch_weights: Also save the weights after every epoch as
+            `<model_dir>/epochs/epoch_<NNN>.weights.h5` (e.g. to measure how
+            robustness grows during training).
+    """
+
+    dataset: str = "mnist"
+    method: str = None
+    model: str = None
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    eps: float = None
+    augment: str = None
+    noise: str = "uniform"
+    noise_scale: float = None
+    num_thresholds: int = None
+    per_channel: bool = False
+    alpha_start: float = 10.0
+    alpha_end: float = 100.0
+    alpha_schedule: str = "geometric"
+    pgd_steps: int = 40
+    pgd_step_size: float = 0.01
+    fgsm_step_size: float = None
+    adv_fraction: float = 1.0
+    stand_in: str = "identity"
+    gradnorm_weight: float = 1.0
+    hard_inference: bool = False
+    train_examples: int = None
+    seed: int = 0
+    deterministic: bool = False
+    model_dir: str = "runs/default"
+    export_dir: str = None
+    data_dir: str = None
+    mixed_precision: str = "float32"
+    strategy: str = "default"
+    grad_examples: int = 256
+    eval_examples: int = None
+    init_weights: str = None
+    overwrite: bool = False
+    keep_epoch_weights: bool = False
+    eps_warmup_steps: int = 0
+
+    def fill_defaults(self):
+        """Returns a copy with the dataset's defaults in place of None."""
+        info = data.get_info(self.dataset)
+        eps = info.eps if self.eps is None else float(self.eps)
+        return dataclasses.replace(
+            self,
+            method=self.method or info.method,
+            model=self.model or info.model,
+            eps=eps,
+            augment=info.augment if self.augment is None else self.augment,
+            num_thresholds=(
+                info.num_thresholds if self.num_thresholds is None else self.num_thresholds
+            ),
+            noise_scale=eps if self.noise_scale is None else float(self.noise_scale),
+            fgsm_step_size=1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size,
+        )
+
+    def validate(self):
+        """Returns `self` if every check passes.
+
+        Raises:
+            ValueError: The first failing check, naming field and value.
+        """
+        for check in _CHECKS:
+            problem = check(self)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def resolved(self):
+        """Returns a copy with dataset defaults filled in, after validation."""
+        return self.fill_defaults().validate()
+
+
+def _known(field, registry, plural):
+    """The field names a key of `registry`."""
+
+    def check(config):
+        value = getattr(config, field)
+        if value not in registry:
+            return f"Unknown {field} {value!r}. Valid {plural}: {', '.join(sorted(registry))}."
+        return None
+
+    return check
+
+
+def _check(field, ok, requirement):
+    """`ok(value)` holds for the field's value."""
+
+    def check(config):
+        value = getattr(config, field)
+        if not ok(value):
+            return f"{field} {requirement}. Received: {value!r}"
+        return None
+
+    return check
+
+
+def _at_least(field, low, *, optional=False):
+    return _check(field, lambda v: (optional and v is None) or v >= low, f"must be >= {low}")
+
+
+def _positive(field):
+    return _check(field, lambda v: v > 0, "must be > 0")
+
+
+def _one_of(field, choices):
+    return _check(field, lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def _in_unit_interval(field):
+    return _check(field, lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+
+# In the order the checks run: the first failing one is reported.
+_CHECKS = (
+    _known("method", METHODS, "methods"),
+    _known("model", models.MODELS, "models"),
+    _at_least("epochs", 1),
+    _at_least("batch_size", 1),
+    _positive("learning_rate"),
+    _in_unit_interval("eps"),
+    _in_unit_interval("noise_scale"),
+    _at_least("num_thresholds", 1),
+    _at_least("eval_examples", 1, optional=True),
+    _positive("alpha_start"),
+    _positive("alpha_end"),
+    _at_least("eps_warmup_steps", 0),
+    _at_least("grad_examples", 1),
+    _at_least("pgd_steps", 1),
+    _positive("pgd_step_size"),
+    _positive("fgsm_step_size"),
+    _check("adv_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    _at_least("gradnorm_weight", 0),
+    _one_of("stand_in", attacks.STAND_INS),
+    _at_least("train_examples", 1, optional=True),
+    _one_of("strategy", distribute.STRATEGIES),
+    _one_of("augment", data.AUGMENTATIONS),
+    _one_of("noise", data.NOISE_KINDS),
+    _check(
+        "alpha_schedule",
+        lambda v: v in ALPHA_SCHEDULES,
+        f"must be {', '.join(ALPHA_SCHEDULES[:-1])} or {ALPHA_SCHEDULES[-1]}",
+    ),
+)

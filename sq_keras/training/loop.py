@@ -1,0 +1,355 @@
+"""`train`: the training run, from configuration to exported model.
+
+The run reads like Keras's trainer: the step computes (`steps.py`), the loop
+calls it over each epoch's batches and then its end-of-epoch hooks
+(measure, summarise, record, checkpoint), and the run directory records
+(`rundir.py`). Each part below is one named stage of `train`.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from sq_keras import data
+from sq_keras import distribute
+from sq_keras import export
+from sq_keras import layers
+from sq_keras import progress
+from sq_keras import provenance
+from sq_keras.training.components import build_components
+from sq_keras.training.errors import TrainingError
+from sq_keras.training.methods import METHODS
+from sq_keras.training.metrics import evaluate_accuracy
+from sq_keras.training.metrics import input_gradient_stats
+from sq_keras.training.rundir import RunDir
+from sq_keras.training.rundir import check_writable_parent
+from sq_keras.training.rundir import prepare_model_dir
+from sq_keras.training.schedules import alpha_at
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run in progress: what the stages of `train` share."""
+
+    config: object
+    info: data.DatasetInfo
+    strategy: tf.distribute.Strategy
+    source: data.TrainingData
+    run_dir: RunDir
+    model: keras.Model = None
+    step: object = None
+    epoch_var: tf.Variable = None
+    checkpoint: tf.train.Checkpoint = None
+    restore_manager: tf.train.CheckpointManager = None
+    save_manager: tf.train.CheckpointManager = None
+    history: list = dataclasses.field(default_factory=list)
+
+    @property
+    def drop_remainder(self):
+        # Several replicas need equal batches on every step, so they drop the
+        # last partial batch; one device keeps it.
+        return self.strategy.num_replicas_in_sync > 1
+
+    @property
+    def steps_per_epoch(self):
+        """Steps of one epoch; None for a stream that does not say its size."""
+        num_train, batch_size = self.source.num_train, self.config.batch_size
+        if not num_train:
+            return None
+        if self.drop_remainder:
+            return num_train // batch_size
+        return math.ceil(num_train / batch_size)
+
+
+def _open_run_dir(config, strategy):
+    """The chief guards and records `model_dir`; other workers get their own."""
+    if not distribute.is_chief(strategy):
+        worker_dir = distribute.worker_dir(config.model_dir, strategy)
+        os.makedirs(worker_dir, exist_ok=True)
+        return RunDir(config.model_dir, worker_dir)
+    prepare_model_dir(config, environment=provenance.environment())
+    if config.export_dir:
+        check_writable_parent(config.export_dir, "--export_dir")
+    return RunDir(config.model_dir)
+
+
+def _setup(config, strategy):
+    """Seeds, the strategy, the data and the run directory."""
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    if strategy is None:
+        strategy = distribute.make_strategy(config.strategy)
+    info = data.get_info(config.dataset)
+    source = data.load_training_data(config, info, add_noise=METHODS[config.method].noise)
+    return _Run(config, info, strategy, source, _open_run_dir(config, strategy))
+
+
+def _build(run):
+    """The model, optimiser, step and the checkpoint that holds them."""
+    run.model, optimizer, run.step = build_components(run.config, run.info, run.strategy)
+    with run.strategy.scope():
+        run.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    run.checkpoint = tf.train.Checkpoint(model=run.model, optimizer=optimizer, epoch=run.epoch_var)
+    run.restore_manager, run.save_manager = run.run_dir.checkpoint_managers(run.checkpoint)
+
+
+def _restore(run, log):
+    """Resumes from the latest checkpoint, if any; returns the first epoch to train."""
+    latest = run.restore_manager.latest_checkpoint
+    if latest:
+        run.checkpoint.restore(latest).expect_partial()
+        epochs_done = int(run.epoch_var.numpy())
+        run.history = run.run_dir.read_history(epochs_done)
+        log(f"Resumed from {latest} (epoch {epochs_done}).")
+    return int(run.epoch_var.numpy())
+
+
+def _log_start(run, log):
+    config = run.config
+    log(
+        f"Training {config.model} with method {config.method} on {run.source.num_train} "
+        f"{config.dataset} examples for {config.epochs} epochs "
+        f"({run.steps_per_epoch} steps each), policy {config.mixed_precision}, "
+        f"{run.strategy.num_replicas_in_sync} replica(s)."
+    )
+
+
+class _ProgressBar:
+    """Keras's progress bar over one epoch's steps, on a terminal only.
+
+    A redrawn bar would write carriage returns and escape codes into a log
+    file; there the per-epoch log lines are the output.
+    """
+
+    def __init__(self, steps):
+        self._bar = None
+        if progress.is_terminal():
+            self._bar = keras.utils.Progbar(
+                steps, stateful_metrics=["loss", "accuracy"], unit_name="step", interval=0.1
+            )
+
+    def update(self, step, *, loss, accuracy):
+        if self._bar:
+            self._bar.update(step, [("loss", loss), ("accuracy", accuracy)])
+
+    def interrupt(self):
+        """Ends the bar's line, so that what follows starts on a new one."""
+        if self._bar:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _divergence_error(loss, epoch, step_index, latest_checkpoint):
+    if latest_checkpoint:
+        kept = (
+            f"The last good checkpoint ({latest_checkpoint}, epoch "
+            f"{epoch}) is kept; a rerun resumes from it."
+        )
+    else:
+        kept = "No checkpoint had been written yet."
+    return TrainingError(
+        f"Loss became {loss} at epoch {epoch + 1}, step {step_index + 1}; training "
+        f"stopped. {kept} Lower --learning_rate or use "
+        "--mixed_precision=float32."
+    )
+
+
+def _run_steps(run, epoch):
+    """Trains one epoch; returns `(loss_sum, correct, seen)` over its examples.
+
+    Raises:
+        TrainingError: The loss became NaN or infinite.
+    """
+    bar = _ProgressBar(run.steps_per_epoch)
+    loss_sum = correct = seen = 0.0
+    dataset = run.strategy.experimental_distribute_dataset(
+        run.source.train_batches(epoch, run.drop_remainder)
+    )
+    for i, (images, labels) in enumerate(dataset):
+        batch_loss, batch_correct, batch_n = run.step(images, labels)
+        n = int(batch_n)
+        loss = float(batch_loss) / n
+        if not math.isfinite(loss):
+            bar.interrupt()
+            raise _divergence_error(loss, epoch, i, run.restore_manager.latest_checkpoint)
+        loss_sum += float(batch_loss)
+        correct += int(batch_correct)
+        seen += n
+        bar.update(i + 1, loss=loss_sum / seen, accuracy=correct / seen)
+    return loss_sum, correct, seen
+
+
+def _train_epoch(run, epoch, log):
+    """Sets the epoch's alpha and trains; returns the epoch's record so far."""
+    config = run.config
+    alpha = alpha_at(config, epoch)
+    layers.set_alpha(run.model, alpha)
+    quantized = METHODS[config.method].quantizer
+    log(f"Epoch {epoch + 1}/{config.epochs}" + (f" (alpha {alpha:.3g})" if quantized else ""))
+    start = time.perf_counter()
+    loss_sum, correct, seen = _run_steps(run, epoch)
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "seconds": seconds,
+    }
+
+
+def _measure(run, record):
+    """Adds the test accuracy, input-gradient stats and quantizer state to `record`."""
+    record["test_accuracy"] = evaluate_accuracy(run.model, run.source.eval_batches())
+    record["grad_l1"], record["grad_zero_fraction"] = input_gradient_stats(
+        run.model, run.source.grad_x, run.source.grad_y
+    )
+    for k, layer in enumerate(layers.quantization_layers(run.model)):
+        record[f"quantizer_{k}_thresholds"] = layer.thresholds.numpy().tolist()
+        record["alpha"] = float(layer.alpha.numpy())
+
+
+def _write_summaries(writer, record, model):
+    """The epoch's TensorBoard scalars and threshold histograms."""
+    with writer.as_default(step=record["epoch"]):
+        tf.summary.scalar("train/loss", record["train_loss"])
+        tf.summary.scalar("train/accuracy", record["train_accuracy"])
+        tf.summary.scalar("test/accuracy", record["test_accuracy"])
+        tf.summary.scalar("input_gradient/grad_l1", record["grad_l1"])
+        tf.summary.scalar("input_gradient/zero_fraction", record["grad_zero_fraction"])
+        tf.summary.scalar("time/epoch_seconds", record["seconds"])
+        for k, layer in enumerate(layers.quantization_layers(model)):
+            tf.summary.scalar(f"quantizer_{k}/alpha", float(layer.alpha.numpy()))
+            tf.summary.histogram(f"quantizer_{k}/thresholds", layer.thresholds.numpy())
+    writer.flush()
+
+
+def _record_epoch(run, record):
+    """History, epoch weights, then the checkpoint of the finished epoch."""
+    # History first: if the process dies before the checkpoint is saved,
+    # the resumed run truncates history to the checkpoint's epoch.
+    run.history.append(record)
+    run.run_dir.write_history(run.history)
+    if run.config.keep_epoch_weights:
+        run.run_dir.save_epoch_weights(run.model, record["epoch"])
+    run.epoch_var.assign(record["epoch"])
+    run.save_manager.save(checkpoint_number=record["epoch"])
+
+
+def _log_epoch(record, log):
+    log(
+        f"  {record['seconds']:.1f}s  train loss {record['train_loss']:.4f}  "
+        f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
+        f"grad_l1 {record['grad_l1']:.4g}  zero-grad {record['grad_zero_fraction']:.1%}"
+    )
+
+
+def _results(run, model_path):
+    """The final metrics: the last epoch's, or a test pass if none was recorded."""
+    history, model = run.history, run.model
+    final = history[-1] if history else {}
+    quantizers = layers.quantization_layers(model)
+    return {
+        "dataset": run.config.dataset,
+        "method": run.config.method,
+        "epochs_done": len(history),
+        "test_accuracy": (
+            final["test_accuracy"] if final else evaluate_accuracy(model, run.source.eval_batches())
+        ),
+        "train_accuracy": final.get("train_accuracy"),
+        "train_loss": final.get("train_loss"),
+        "grad_l1": final.get("grad_l1"),
+        "grad_zero_fraction": final.get("grad_zero_fraction"),
+        "seconds_per_epoch": [h["seconds"] for h in history],
+        "total_train_seconds": sum(h["seconds"] for h in history),
+        "thresholds": [layer.thresholds.numpy().tolist() for layer in quantizers],
+        "alpha": [float(layer.alpha.numpy()) for layer in quantizers],
+        "model_path": model_path,
+        "export_path": None,
+    }
+
+
+def _export(run, results):
+    """Exports the SavedModel with its metadata; returns the version's path."""
+    config = run.config
+    metadata = {
+        "dataset": config.dataset,
+        "method": config.method,
+        "eps": config.eps,
+        "class_names": list(run.source.class_names),
+        "test_accuracy": results["test_accuracy"],
+        **provenance.environment(),
+    }
+    try:
+        return export.export_saved_model(run.model, config.export_dir, metadata=metadata)
+    except OSError as e:
+        raise TrainingError(f"Cannot export to {config.export_dir}: {e}") from e
+
+
+def _finish(run, first_epoch, log):
+    """Saves the model; the chief exports and writes `results.json`."""
+    config = run.config
+    results = _results(run, run.run_dir.save_model(run.model))
+    if not run.run_dir.chief:
+        return results
+    finished_before = config.export_dir and first_epoch == config.epochs
+    previous = run.run_dir.read_results() if finished_before else None
+    if previous is not None:
+        # Nothing was trained: keep the export of the finished run.
+        results["export_path"] = previous.get("export_path")
+        log("The run had already finished; nothing trained, nothing exported.")
+    elif config.export_dir:
+        results["export_path"] = _export(run, results)
+        log(f"Exported SavedModel to {results['export_path']}")
+    run.run_dir.write_results(results)
+    log(
+        f"Done: test accuracy {results['test_accuracy']:.4f} after {len(run.history)} "
+        f"epochs, {results['total_train_seconds']:.0f}s of training."
+    )
+    return results
+
+
+def train(config, *, log=_log, strategy=None):
+    """Trains, checkpoints, logs and exports one model; resumes if possible.
+
+    Under a multi-worker strategy every worker calls this; only the chief
+    writes the run's files (the others write their checkpoints and final
+    model under `<model_dir>/workers/`).
+
+    Args:
+        config: A `TrainConfig`. Its `mixed_precision` must name the policy
+            already set globally (the app sets it first).
+        log: Callable taking one line of progress text.
+        strategy: A `tf.distribute.Strategy`; default: built from
+            `config.strategy`.
+
+    Returns:
+        The dict written to `results.json`.
+
+    Raises:
+        ValueError: Invalid configuration.
+        TrainingError: `model_dir` holds another run, the loss diverged, or
+            an output cannot be written.
+        sq_keras.data.DataError: Dataset files missing or corrupt.
+    """
+    run = _setup(config.resolved(), strategy)
+    _build(run)
+    first_epoch = _restore(run, log)
+    writer = tf.summary.create_file_writer(run.run_dir.logs_dir)
+    _log_start(run, log)
+    for epoch in range(first_epoch, run.config.epochs):
+        record = _train_epoch(run, epoch, log)
+        _measure(run, record)
+        _write_summaries(writer, record, run.model)
+        _record_epoch(run, record)
+        _log_epoch(record, log)
+    return _finish(run, first_epoch, log)

@@ -1,0 +1,194 @@
+"""The train steps: one `tf.function` per kind of step, sharing the update.
+
+A step builder takes `(model, optimizer, config, strategy)` and returns
+`step(images, labels) -> (loss_sum, num_correct, num_examples)`, summed over
+replicas. Every builder differs only in the per-example loss it hands to
+`_train_step`; the gradient update, the loss scaling under mixed precision
+and the reduction over replicas are shared.
+
+```python
+step = STEP_BUILDERS["fgsm_rs"](model, optimizer, config, strategy)
+loss_sum, correct, n = step(images, labels)
+```
+"""
+
+import tensorflow as tf
+
+from sq_keras import attacks
+from sq_keras import data
+from sq_keras import layers
+
+
+def _train_step(model, optimizer, compute_loss, strategy):
+    """A `tf.function` step minimising the batch mean of `compute_loss`.
+
+    `compute_loss(images, labels, seed)` returns `(per_example_losses,
+    logits)`; `seed` is an integer tensor for stateless randomness, distinct
+    per step and per replica. The step runs under `strategy.run`: each replica
+    scales its loss by the global batch size, so gradients summed over
+    replicas are those of the global batch mean.
+
+    Returns:
+        `step(images, labels) -> (loss_sum, num_correct, num_examples)`, each
+        summed over replicas; `images`/`labels` may be distributed values.
+    """
+
+    def replica_step(images, labels):
+        context = tf.distribute.get_replica_context()
+        seed = tf.cast(optimizer.iterations, tf.int64) * 1024 + tf.cast(
+            context.replica_id_in_sync_group, tf.int64
+        )
+        local_n = tf.shape(labels)[0]
+        global_n = context.all_reduce("SUM", local_n)
+        with tf.GradientTape() as tape:
+            per_example, logits = compute_loss(images, labels, seed)
+            loss = tf.reduce_sum(per_example) / tf.cast(global_n, tf.float32)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int32))
+        return tf.reduce_sum(per_example), correct, local_n
+
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def step(images, labels):
+        outputs = strategy.run(replica_step, args=(images, labels))
+        return tuple(strategy.reduce("SUM", value, axis=None) for value in outputs)
+
+    return step
+
+
+def _cross_entropy(labels, logits):
+    return attacks.cross_entropy_loss(tf.cast(logits, tf.float32), labels)
+
+
+def build_standard_step(model, optimizer, config, strategy):
+    """Cross-entropy on the batch as it comes from the pipeline."""
+    del config
+
+    def compute_loss(images, labels, seed):
+        del seed
+        logits = model(images, training=True)
+        return _cross_entropy(labels, logits), logits
+
+    return _train_step(model, optimizer, compute_loss, strategy)
+
+
+def _attack_model_fn(model, config):
+    """What the training attack differentiates: the model, or its BPDA copy."""
+    if layers.quantization_layers(model):
+        return attacks.bpda(model, stand_in=config.stand_in)
+    return lambda images: model(images, training=False)
+
+
+def _attack_radius(config, optimizer, step_size):
+    """`(eps, step_size)` of the training attack at the optimizer's current step."""
+    if not config.eps_warmup_steps:
+        return config.eps, step_size
+    # Linear ramp of the radius (and, in proportion, of the step) over the
+    # first optimizer steps: at full eps from the first step, adversarial
+    # training of a fresh MNIST model can stall at chance (Wong and Kolter
+    # 2018, appendix B.2).
+    done = tf.cast(optimizer.iterations + 1, tf.float32)
+    ramp = tf.minimum(1.0, done / float(config.eps_warmup_steps))
+    return config.eps * ramp, step_size * ramp
+
+
+def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, step_size):
+    """Cross-entropy on l-inf PGD examples (random start) crafted every step.
+
+    With `config.adv_fraction < 1` only the first part of each batch is
+    attacked; the rest gets `config.noise` of size `config.noise_scale`.
+    """
+    model_fn = _attack_model_fn(model, config)
+
+    def compute_loss(images, labels, seed):
+        batch = tf.cast(tf.shape(images)[0], tf.float32)
+        n_adv = tf.cast(tf.math.ceil(config.adv_fraction * batch), tf.int32)
+        eps, size = _attack_radius(config, optimizer, step_size)
+        x_adv = attacks.pgd(
+            model_fn,
+            images[:n_adv],
+            labels[:n_adv],
+            eps=eps,
+            step_size=size,
+            num_steps=num_steps,
+            seed=seed + config.seed * 1_000_003,
+            # The last iterate, as in Madry et al. and Wong et al.; skips the
+            # evaluator's bookkeeping forward pass.
+            keep_most_damaging=False,
+        )
+        rest = data.noise_batch(
+            images[n_adv:],
+            kind=config.noise,
+            scale=config.noise_scale,
+            seed=tf.stack([tf.constant(config.seed, tf.int64), seed]),
+        )
+        logits = model(tf.concat([x_adv, rest], axis=0), training=True)
+        return _cross_entropy(labels, logits), logits
+
+    return _train_step(model, optimizer, compute_loss, strategy)
+
+
+def build_pgd_step(model, optimizer, config, strategy):
+    """PGD adversarial training (Madry et al. 2018)."""
+    return _build_adversarial_step(
+        model,
+        optimizer,
+        config,
+        strategy,
+        num_steps=config.pgd_steps,
+        step_size=config.pgd_step_size,
+    )
+
+
+def build_fgsm_rs_step(model, optimizer, config, strategy):
+    """One signed-gradient step of `config.fgsm_step_size` from a random start.
+
+    Wong, Rice and Kolter 2020, "Fast is better than free". Through the
+    quantizer's BPDA stand-in when the model has one.
+    """
+    return _build_adversarial_step(
+        model, optimizer, config, strategy, num_steps=1, step_size=config.fgsm_step_size
+    )
+
+
+def build_gradnorm_step(model, optimizer, config, strategy):
+    """The first-order objective computed directly by double backpropagation.
+
+    `CE + weight * eps * ||grad_x CE(x, y)||_1` per example, the linearisation
+    of `max_{||d||_inf <= eps} L(x + d)` that the soft-quantization method
+    minimises implicitly (Zheng, Chen and Ren, arXiv 1810.05665).
+    """
+
+    def compute_loss(images, labels, seed):
+        del seed
+        loss, logits, _ = gradnorm_loss(
+            model, images, labels, eps=config.eps, weight=config.gradnorm_weight
+        )
+        return loss, logits
+
+    return _train_step(model, optimizer, compute_loss, strategy)
+
+
+def gradnorm_loss(model, images, labels, *, eps, weight, training=True):
+    """Per-example `CE + weight * eps * ||grad_x CE||_1`, by double backprop.
+
+    Returns:
+        `(per_example_loss, logits, l1)`, with `l1` the per-example l1 norm
+        of the input gradient of the cross-entropy (differentiable).
+    """
+    per_example, logits, grad = attacks.loss_gradient(
+        lambda x: model(x, training=training), images, labels
+    )
+    l1 = tf.reduce_sum(tf.abs(grad), axis=tf.range(1, tf.rank(grad)))
+    l1 = tf.cast(l1, per_example.dtype)
+    return per_example + weight * eps * l1, logits, l1
+
+
+STEP_BUILDERS = {
+    "standard": build_standard_step,
+    "pgd": build_pgd_step,
+    "fgsm_rs": build_fgsm_rs_step,
+    "gradnorm": build_gradnorm_step,
+}

@@ -1,0 +1,62 @@
+"""Tests for sq_keras.data.pipeline: a training run's batches."""
+
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import data
+from sq_keras import training
+
+
+class MakeTrainDatasetTest(parameterized.TestCase):
+    def test_epoch_datasets_are_reproducible_and_differ_between_epochs(self):
+        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+        labels = np.arange(20, dtype=np.int64)
+        config = training.TrainConfig(
+            method="sq_noisy", batch_size=20, train_examples=1000, seed=0
+        ).resolved()
+
+        def epoch_batch(epoch):
+            ((x, y),) = list(data.make_train_dataset(images, labels, config, epoch, add_noise=True))
+            return x.numpy(), y.numpy()
+
+        x0, y0 = epoch_batch(0)
+        x0b, y0b = epoch_batch(0)
+        x1, y1 = epoch_batch(1)
+        np.testing.assert_array_equal(x0, x0b)
+        np.testing.assert_array_equal(y0, y0b)
+        self.assertFalse(np.array_equal(y0, y1))
+        self.assertFalse(np.array_equal(x0, x1))
+        self.assertEqual(sorted(y0.tolist()), list(range(20)))
+        clean = images[y0].astype(np.float32) / 255.0
+        self.assertLessEqual(np.abs(x0 - clean).max(), 0.3 + 1e-6)
+        self.assertGreater(np.abs(x0 - clean).mean(), 0.05)
+
+    def test_without_the_methods_noise_batches_are_the_clean_images(self):
+        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+        labels = np.arange(20, dtype=np.int64)
+        config = training.TrainConfig(method="natural", batch_size=8).resolved()
+        batches = list(data.make_train_dataset(images, labels, config, 0, add_noise=False))
+        self.assertEqual([len(y) for _, y in batches], [8, 8, 4])
+        for x, y in batches:
+            np.testing.assert_array_equal(x.numpy(), images[y.numpy()] / np.float32(255.0))
+        dropped = data.make_train_dataset(
+            images, labels, config, 0, add_noise=False, drop_remainder=True
+        )
+        self.assertEqual([len(y) for _, y in dropped], [8, 8])
+
+
+class ResizeAndCropTest(parameterized.TestCase):
+    @parameterized.parameters("none", "crop", "crop_flip")
+    def test_any_size_becomes_a_square_in_the_unit_range(self, augment):
+        image = tf.constant(np.full((40, 60, 3), 255, np.uint8))
+        seed = tf.constant([0, 1], tf.int64)
+        out = data.resize_and_crop(image, 28, augment=augment, seed=seed)
+        self.assertEqual(out.shape, (28, 28, 3))
+        self.assertEqual(out.dtype, tf.float32)
+        np.testing.assert_allclose(out.numpy(), 1.0)
+
+
+if __name__ == "__main__":
+    absltest.main()

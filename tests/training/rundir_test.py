@@ -1,0 +1,243 @@
+"""Tests for sq_keras.training.rundir: the run directory, with no model trained."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import training
+from sq_keras.training import rundir
+
+_ENV_A = {"git_commit": "a", "tensorflow": "2.21.0"}
+_ENV_B = {"git_commit": "b", "tensorflow": "2.21.0"}
+
+
+def _config(model_dir, **kwargs):
+    return training.TrainConfig(**{"model_dir": model_dir, "epochs": 2, **kwargs}).resolved()
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _touch_outputs(model_dir):
+    """Stand-ins for the files a finished run leaves."""
+    os.makedirs(os.path.join(model_dir, "checkpoints"))
+    os.makedirs(os.path.join(model_dir, "logs"))
+    for name in ("history.json", "results.json", "model.keras", "checkpoints/ckpt-1.index"):
+        with open(os.path.join(model_dir, name), "w") as f:
+            f.write("{}")
+
+
+class PrepareModelDirTest(parameterized.TestCase):
+    def test_first_run_records_config_and_environment(self):
+        model_dir = os.path.join(self.create_tempdir().full_path, "new", "run")
+        config = _config(model_dir)
+        record = rundir.prepare_model_dir(config, environment=_ENV_A)
+        written = _read(os.path.join(model_dir, "config.json"))
+        self.assertEqual(written, record)
+        self.assertEqual(written["environment"], _ENV_A)
+        self.assertEqual(written["method"], "sq_fgsm")
+        self.assertNotIn("resumed_environments", written)
+
+    def test_different_config_is_refused_with_every_difference_listed(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir, method="natural"), environment=_ENV_A)
+        _touch_outputs(model_dir)
+        changed = _config(model_dir, method="noisy", seed=3)
+        with self.assertRaises(training.TrainingError) as raised:
+            rundir.prepare_model_dir(changed, environment=_ENV_A)
+        message = str(raised.exception)
+        self.assertIn(f"{model_dir} holds a run with a different configuration", message)
+        self.assertIn("  method: was 'natural', now 'noisy'", message)
+        self.assertIn("  seed: was 0, now 3", message)
+        self.assertIn("--overwrite", message)
+        # Nothing of the old run was touched.
+        self.assertEqual(_read(os.path.join(model_dir, "config.json"))["method"], "natural")
+        self.assertTrue(os.path.exists(os.path.join(model_dir, "results.json")))
+
+    def test_resume_free_keys_do_not_count_as_a_different_run(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        later = _config(
+            model_dir,
+            epochs=5,
+            export_dir="elsewhere",
+            data_dir="/data",
+            strategy="mirrored",
+            keep_epoch_weights=True,
+        )
+        rundir.prepare_model_dir(later, environment=_ENV_A)
+        self.assertEqual(_read(os.path.join(model_dir, "config.json"))["epochs"], 5)
+
+    def test_option_missing_from_an_old_record_counts_as_its_default(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        path = os.path.join(model_dir, "config.json")
+        record = _read(path)
+        del record["eps_warmup_steps"]
+        with open(path, "w") as f:
+            json.dump(record, f)
+        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        with self.assertRaisesRegex(training.TrainingError, "eps_warmup_steps: was 0, now 5"):
+            rundir.prepare_model_dir(_config(model_dir, eps_warmup_steps=5), environment=_ENV_A)
+
+    def test_overwrite_clears_the_old_runs_files(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir, method="natural"), environment=_ENV_A)
+        _touch_outputs(model_dir)
+        keep = os.path.join(model_dir, "notes.txt")
+        with open(keep, "w") as f:
+            f.write("mine")
+        rundir.prepare_model_dir(
+            _config(model_dir, method="noisy", overwrite=True), environment=_ENV_B
+        )
+        self.assertEqual(sorted(os.listdir(model_dir)), ["config.json", "notes.txt"])
+        record = _read(os.path.join(model_dir, "config.json"))
+        self.assertEqual(record["method"], "noisy")
+        # A new run: its own environment, no resumption history.
+        self.assertEqual(record["environment"], _ENV_B)
+        self.assertNotIn("resumed_environments", record)
+
+    def test_overwrite_of_the_same_run_keeps_its_files(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        _touch_outputs(model_dir)
+        rundir.prepare_model_dir(_config(model_dir, overwrite=True), environment=_ENV_A)
+        self.assertTrue(os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-1.index")))
+
+    def test_resumed_run_keeps_its_environment_and_lists_later_ones_once_in_a_row(self):
+        model_dir = self.create_tempdir().full_path
+        path = os.path.join(model_dir, "config.json")
+        for environment in (_ENV_A, _ENV_A, _ENV_B, _ENV_B, _ENV_A):
+            rundir.prepare_model_dir(_config(model_dir), environment=environment)
+        record = _read(path)
+        self.assertEqual(record["environment"], _ENV_A)
+        self.assertEqual(record["resumed_environments"], [_ENV_B, _ENV_A])
+
+    def test_unwritable_model_dir_is_a_training_error(self):
+        blocker = os.path.join(self.create_tempdir().full_path, "file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        with self.assertRaisesRegex(training.TrainingError, "Cannot write to --model_dir"):
+            rundir.prepare_model_dir(_config(os.path.join(blocker, "run")), environment=_ENV_A)
+
+
+class CheckWritableParentTest(parameterized.TestCase):
+    def test_creates_a_missing_parent(self):
+        path = os.path.join(self.create_tempdir().full_path, "a", "b", "export")
+        rundir.check_writable_parent(path, "--export_dir")
+        self.assertTrue(os.path.isdir(os.path.dirname(path)))
+        self.assertEqual(os.listdir(os.path.dirname(path)), [])  # the probe is gone
+
+    def test_parent_under_a_file_is_not_writable(self):
+        blocker = os.path.join(self.create_tempdir().full_path, "file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        path = os.path.join(blocker, "export")
+        with self.assertRaisesRegex(
+            training.TrainingError, f"--export_dir {path} is not writable .*Choose a directory"
+        ):
+            rundir.check_writable_parent(path, "--export_dir")
+
+    def test_existing_file_at_the_path_is_refused(self):
+        path = os.path.join(self.create_tempdir().full_path, "export")
+        with open(path, "w") as f:
+            f.write("x")
+        with self.assertRaisesRegex(training.TrainingError, "exists and is not a directory"):
+            rundir.check_writable_parent(path, "--export_dir")
+
+
+def _tiny_model():
+    inputs = keras.Input((2,))
+    return keras.Model(inputs, keras.layers.Dense(2)(inputs))
+
+
+class RunDirTest(parameterized.TestCase):
+    def test_history_round_trip_is_truncated_to_the_restored_epoch(self):
+        run_dir = training.RunDir(self.create_tempdir().full_path)
+        self.assertEqual(run_dir.read_history(epochs_done=3), [])
+        history = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+        run_dir.write_history(history)
+        # Killed after writing epoch 3's history but before its checkpoint.
+        self.assertEqual(run_dir.read_history(epochs_done=2), history[:2])
+        self.assertEqual(run_dir.read_history(epochs_done=5), history)
+
+    def test_non_chief_writes_no_run_records(self):
+        model_dir = self.create_tempdir().full_path
+        worker = os.path.join(model_dir, "workers", "worker_1")
+        run_dir = training.RunDir(model_dir, worker)
+        self.assertFalse(run_dir.chief)
+        self.assertEqual(run_dir.out_dir, worker)
+        self.assertEqual(run_dir.logs_dir, os.path.join(worker, "logs"))
+        run_dir.write_history([{"epoch": 1}])
+        run_dir.write_results({"epochs_done": 1})
+        run_dir.save_epoch_weights(_tiny_model(), 1)
+        self.assertEqual(os.listdir(model_dir), [])
+        self.assertIsNone(run_dir.read_results())
+
+    def test_results_round_trip(self):
+        run_dir = training.RunDir(self.create_tempdir().full_path)
+        self.assertIsNone(run_dir.read_results())
+        run_dir.write_results({"test_accuracy": np.float32(0.5), "export_path": None})
+        self.assertEqual(run_dir.read_results(), {"export_path": None, "test_accuracy": 0.5})
+
+    def test_checkpoint_managers_of_chief_and_worker(self):
+        model_dir = self.create_tempdir().full_path
+        epoch = tf.Variable(0, dtype=tf.int64)
+        checkpoint = tf.train.Checkpoint(epoch=epoch)
+        restore, save = training.RunDir(model_dir).checkpoint_managers(checkpoint)
+        self.assertIs(restore, save)
+        for number in (1, 2, 3):
+            epoch.assign(number)
+            save.save(checkpoint_number=number)
+        self.assertLen(save.checkpoints, 2)  # the chief keeps two
+        worker = os.path.join(model_dir, "workers", "worker_1")
+        restore, save = training.RunDir(model_dir, worker).checkpoint_managers(checkpoint)
+        self.assertIsNot(restore, save)
+        self.assertTrue(restore.latest_checkpoint.endswith("ckpt-3"))
+        self.assertIsNone(save.latest_checkpoint)
+        save.save(checkpoint_number=3)
+        self.assertTrue(save.latest_checkpoint.startswith(os.path.join(worker, "checkpoints")))
+
+    def test_model_and_epoch_weights_are_written_whole_without_leftovers(self):
+        model_dir = self.create_tempdir().full_path
+        run_dir = training.RunDir(model_dir)
+        model = _tiny_model()
+        path = run_dir.save_model(model)
+        self.assertEqual(path, os.path.join(model_dir, "model.keras"))
+        run_dir.save_epoch_weights(model, 7)
+        weights = training.epoch_weights_path(model_dir, 7)
+        self.assertEqual(weights, os.path.join(model_dir, "epochs", "epoch_007.weights.h5"))
+        self.assertEqual(os.listdir(os.path.join(model_dir, "epochs")), ["epoch_007.weights.h5"])
+        self.assertEqual(sorted(os.listdir(model_dir)), ["epochs", "model.keras"])
+        loaded = keras.models.load_model(path)
+        for a, b in zip(loaded.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+    def test_a_failed_save_leaves_the_previous_file(self):
+        model_dir = self.create_tempdir().full_path
+        run_dir = training.RunDir(model_dir)
+        run_dir.save_model(_tiny_model())
+        with open(os.path.join(model_dir, "model.keras"), "rb") as f:
+            before = f.read()
+
+        class Broken:
+            def save(self, path):
+                with open(path, "wb") as f:
+                    f.write(b"half a fi")
+                raise OSError("disk full")
+
+        with self.assertRaisesRegex(OSError, "disk full"):
+            run_dir.save_model(Broken())
+        with open(os.path.join(model_dir, "model.keras"), "rb") as f:
+            self.assertEqual(f.read(), before)
+
+
+if __name__ == "__main__":
+    absltest.main()
