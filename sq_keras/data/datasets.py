@@ -166,6 +166,17 @@ _MNIST_HOST = "storage.googleapis.com"
 _FASHION_HOST = "fashion-mnist.s3-website.eu-central-1.amazonaws.com"
 _CIFAR_SHA = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
 
+# The 32x32 colour sets share their threat model (eps = 8/255, as Madry et al.
+# and Wong et al. use), model and quantizer: K = 7 keeps neighbouring levels
+# 1/8 apart, more than 2 eps.
+_COLOUR_32 = {
+    "image_shape": (32, 32, 3),
+    "num_classes": 10,
+    "eps": 8 / 255,
+    "model": "preact_resnet18",
+    "num_thresholds": 7,
+}
+
 DATASETS = {
     "mnist": DatasetInfo(
         name="mnist",
@@ -253,8 +264,7 @@ DATASETS = {
     ),
     "cifar10": DatasetInfo(
         name="cifar10",
-        image_shape=(32, 32, 3),
-        num_classes=10,
+        **_COLOUR_32,
         class_names=(
             "airplane",
             "automobile",
@@ -267,14 +277,11 @@ DATASETS = {
             "ship",
             "truck",
         ),
-        eps=8 / 255,
-        model="preact_resnet18",
         files={
             "train": (DataFile("cifar-10-binary.tar.gz", _CIFAR_SHA),),
             "test": (DataFile("cifar-10-binary.tar.gz", _CIFAR_SHA),),
         },
         reader=_read_cifar10_binary,
-        num_thresholds=7,
         source_help=(
             "It is the binary release of CIFAR-10 (Krizhevsky 2009), "
             "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz."
@@ -284,11 +291,8 @@ DATASETS = {
     ),
     "svhn_cropped": DatasetInfo(
         name="svhn_cropped",
-        image_shape=(32, 32, 3),
-        num_classes=10,
+        **_COLOUR_32,
         class_names=tuple(str(i) for i in range(10)),
-        eps=8 / 255,
-        model="preact_resnet18",
         files={
             "train": (
                 DataFile(
@@ -304,7 +308,6 @@ DATASETS = {
             ),
         },
         reader=_read_svhn_mat,
-        num_thresholds=7,
         source_help=(
             "They are the cropped-digit files of SVHN (Netzer et al. 2011), "
             "http://ufldl.stanford.edu/housenumbers/."
