@@ -49,6 +49,7 @@ argument checks, seeds, the shared step and most-damaging bookkeeping),
 
 from sq_keras.attacks.apgd import apgd
 from sq_keras.attacks.apgd import apgd_checkpoints
+from sq_keras.attacks.apgd import apgd_targeted
 from sq_keras.attacks.bpda import STAND_INS
 from sq_keras.attacks.bpda import bpda
 from sq_keras.attacks.bpda import has_quantizer
@@ -58,10 +59,13 @@ from sq_keras.attacks.linf import clip_to_bounds
 from sq_keras.attacks.linf import predictions
 from sq_keras.attacks.linf import project_linf
 from sq_keras.attacks.losses import LOSSES
+from sq_keras.attacks.losses import TARGETED_LOSSES
 from sq_keras.attacks.losses import cross_entropy_loss
 from sq_keras.attacks.losses import dlr_loss
+from sq_keras.attacks.losses import dlr_targeted_loss
 from sq_keras.attacks.losses import loss_gradient
 from sq_keras.attacks.losses import margin_loss
+from sq_keras.attacks.losses import targeted_loss
 from sq_keras.attacks.pgd import fgsm
 from sq_keras.attacks.pgd import pgd
 from sq_keras.attacks.square import square
@@ -71,13 +75,16 @@ from sq_keras.attacks.transfer import transfer
 __all__ = [
     "LOSSES",
     "STAND_INS",
+    "TARGETED_LOSSES",
     "accuracy",
     "apgd",
     "apgd_checkpoints",
+    "apgd_targeted",
     "bpda",
     "clip_to_bounds",
     "cross_entropy_loss",
     "dlr_loss",
+    "dlr_targeted_loss",
     "fgsm",
     "has_quantizer",
     "input_gradient_model",
@@ -88,5 +95,6 @@ __all__ = [
     "project_linf",
     "square",
     "square_fraction",
+    "targeted_loss",
     "transfer",
 ]

@@ -2,8 +2,12 @@
 
 Attacks maximise these losses; `LOSSES` names them for every `loss=`
 argument, and `loss_gradient` is the one place their input gradient is
-computed.
+computed. Targeted losses (`TARGETED_LOSSES`) also need a target class per
+example: `targeted_loss` binds the targets and returns a loss of the same
+`(logits, y)` form, so every attack loop can use it unchanged.
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -12,6 +16,19 @@ def _other_max(logits, y, num_classes):
     """Largest logit among the wrong classes."""
     one_hot = tf.one_hot(y, num_classes, dtype=logits.dtype)
     return tf.reduce_max(logits - one_hot * 1e9, axis=-1)
+
+
+def _logit_of(logits, labels, num_classes):
+    """Per example, the logit of class `labels`."""
+    return tf.reduce_sum(tf.one_hot(labels, num_classes, dtype=logits.dtype) * logits, -1)
+
+
+def _check_num_classes(name, num_classes, minimum):
+    """Raises ValueError when the static `num_classes` is below `minimum`."""
+    if num_classes is not None and num_classes < minimum:
+        raise ValueError(
+            f"The {name} loss needs at least {minimum} classes. Received: num_classes={num_classes}"
+        )
 
 
 def cross_entropy_loss(logits, y):
@@ -39,17 +56,43 @@ def dlr_loss(logits, y):
     with an ensemble of diverse parameter-free attacks", eq. 5). Invariant to
     shifting and scaling the logits; needs at least 3 classes.
     """
-    num_classes = logits.shape[-1]
-    if num_classes is not None and num_classes < 3:
-        raise ValueError(
-            f"The DLR loss needs at least 3 classes. Received: num_classes={num_classes}"
-        )
+    _check_num_classes("DLR", logits.shape[-1], 3)
     top = tf.math.top_k(logits, k=3).values
     return margin_loss(logits, y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def dlr_targeted_loss(logits, y, target):
+    """Per-example targeted Difference of Logits Ratio of Croce and Hein 2020.
+
+    `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)` with `t` the
+    target class and `z_pi1 >= ... >= z_pi4` the sorted logits ("Reliable
+    evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", section 4, the loss of APGD-T). Maximising it
+    pushes the target logit above the true one. Invariant to shifting and scaling the logits; needs
+    at least 4 classes.
+
+    Args:
+        logits: Float logits `[N, num_classes]`.
+        y: True labels, int `[N]`.
+        target: Target labels, int `[N]`.
+
+    Returns:
+        The losses, float `[N]`.
+
+    Raises:
+        ValueError: Fewer than 4 classes.
+    """
+    num_classes = logits.shape[-1]
+    _check_num_classes("targeted DLR", num_classes, 4)
+    top = tf.math.top_k(logits, k=4).values
+    difference = _logit_of(logits, y, num_classes) - _logit_of(logits, target, num_classes)
+    return -difference / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 _LOSS_FNS = {"ce": cross_entropy_loss, "margin": margin_loss, "dlr": dlr_loss}
 LOSSES = tuple(_LOSS_FNS)
+_TARGETED_LOSS_FNS = {"dlr_targeted": dlr_targeted_loss}
+TARGETED_LOSSES = tuple(_TARGETED_LOSS_FNS)
 
 
 def loss_by_name(loss):
@@ -61,6 +104,25 @@ def loss_by_name(loss):
     if loss not in _LOSS_FNS:
         raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={loss!r}")
     return _LOSS_FNS[loss]
+
+
+def targeted_loss(loss, target):
+    """The targeted loss named `loss` towards `target`, as a `(logits, y)` loss.
+
+    Args:
+        loss: A name of `TARGETED_LOSSES`.
+        target: Target class per example, int `[N]`, same order as the `y`
+            the returned loss will receive.
+
+    Returns:
+        A callable `(logits, y) -> [N]`, usable wherever a loss function is.
+
+    Raises:
+        ValueError: `loss` is not a name of `TARGETED_LOSSES`.
+    """
+    if loss not in _TARGETED_LOSS_FNS:
+        raise ValueError(f"`loss` must be one of {TARGETED_LOSSES}. Received: loss={loss!r}")
+    return functools.partial(_TARGETED_LOSS_FNS[loss], target=target)
 
 
 def loss_gradient(model_fn, x, y, loss="ce"):

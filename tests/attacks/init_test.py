@@ -13,11 +13,14 @@ FUNCTIONS = (
     "cross_entropy_loss",
     "margin_loss",
     "dlr_loss",
+    "dlr_targeted_loss",
+    "targeted_loss",
     "loss_gradient",
     "fgsm",
     "pgd",
     "apgd",
     "apgd_checkpoints",
+    "apgd_targeted",
     "square",
     "square_fraction",
     "transfer",
@@ -36,8 +39,11 @@ class ExportsTest(parameterized.TestCase):
 
     def test_choices_are_exported(self):
         self.assertEqual(attacks.LOSSES, ("ce", "margin", "dlr"))
+        self.assertEqual(attacks.TARGETED_LOSSES, ("dlr_targeted",))
         self.assertEqual(attacks.STAND_INS, ("identity", "smooth"))
-        self.assertEqual(set(attacks.__all__), set(FUNCTIONS) | {"LOSSES", "STAND_INS"})
+        self.assertEqual(
+            set(attacks.__all__), set(FUNCTIONS) | {"LOSSES", "STAND_INS", "TARGETED_LOSSES"}
+        )
 
 
 if __name__ == "__main__":
