@@ -43,7 +43,7 @@ never raise the robust accuracy they report.
 
 Modules: `losses` (ce, margin, dlr, `loss_gradient`), `linf` (projection,
 argument checks, seeds, the shared step and most-damaging bookkeeping),
-`pgd` (FGSM, PGD), `apgd`, `square`, `transfer`, `bpda` and
+`pgd` (FGSM, PGD), `apgd`, `fab` (FAB, FAB-T), `square`, `transfer`, `bpda` and
 `fast_input_gradients` (`input_gradient_model`).
 """
 
@@ -52,6 +52,8 @@ from sq_keras.attacks.apgd import apgd_checkpoints
 from sq_keras.attacks.bpda import STAND_INS
 from sq_keras.attacks.bpda import bpda
 from sq_keras.attacks.bpda import has_quantizer
+from sq_keras.attacks.fab import fab
+from sq_keras.attacks.fab import fab_targeted
 from sq_keras.attacks.fast_input_gradients import input_gradient_model
 from sq_keras.attacks.linf import accuracy
 from sq_keras.attacks.linf import clip_to_bounds
@@ -78,6 +80,8 @@ __all__ = [
     "clip_to_bounds",
     "cross_entropy_loss",
     "dlr_loss",
+    "fab",
+    "fab_targeted",
     "fgsm",
     "has_quantizer",
     "input_gradient_model",

@@ -18,6 +18,8 @@ FUNCTIONS = (
     "pgd",
     "apgd",
     "apgd_checkpoints",
+    "fab",
+    "fab_targeted",
     "square",
     "square_fraction",
     "transfer",
