@@ -17,6 +17,10 @@ x_adv = attacks.fgsm(model_fn, x, y, eps=0.3)
 x_adv = attacks.pgd(model_fn, x, y, eps=0.3, step_size=0.01, num_steps=100,
                     restarts=5, loss="margin", seed=0)
 x_adv = attacks.apgd(model_fn, x, y, eps=0.3, num_steps=100, loss="dlr")
+# AutoAttack's targeted attacks: one run per wrong class of the 9 largest
+# clean logits, on the examples no earlier run has fooled.
+x_adv = attacks.apgd_targeted(model_fn, x, y, eps=0.3, num_steps=100)
+x_adv, norms = attacks.fab_targeted(model_fn, x, y, eps=0.3, return_norms=True)
 x_adv, queries = attacks.square(model_fn, x, y, eps=0.3, max_queries=5000)
 
 # Craft on a surrogate (e.g. a naturally trained model), score on the target.
@@ -39,11 +43,12 @@ stateless and derived from the integer `seed`, so a call is reproducible.
 Gradient attacks keep, per example, the most damaging iterate they visited
 (a misclassified one if any, else the one with the highest loss), over all
 steps and restarts. Hence, with a fixed `seed`, more steps or more restarts can
-never raise the robust accuracy they report.
+never raise the robust accuracy they report. FAB, a minimal-norm attack,
+returns the smallest misclassified point it found within eps, else `x`.
 
-Modules: `losses` (ce, margin, dlr, `loss_gradient`), `linf` (projection,
+Modules: `losses` (ce, margin, dlr, targeted dlr, `loss_gradient`), `linf` (projection,
 argument checks, seeds, the shared step and most-damaging bookkeeping),
-`pgd` (FGSM, PGD), `apgd`, `square`, `transfer`, `bpda` and
+`pgd` (FGSM, PGD), `apgd`, `fab` (FAB, FAB-T), `square`, `transfer`, `bpda` and
 `fast_input_gradients` (`input_gradient_model`).
 """
 
@@ -53,6 +58,8 @@ from sq_keras.attacks.apgd import apgd_targeted
 from sq_keras.attacks.bpda import STAND_INS
 from sq_keras.attacks.bpda import bpda
 from sq_keras.attacks.bpda import has_quantizer
+from sq_keras.attacks.fab import fab
+from sq_keras.attacks.fab import fab_targeted
 from sq_keras.attacks.fast_input_gradients import input_gradient_model
 from sq_keras.attacks.linf import accuracy
 from sq_keras.attacks.linf import clip_to_bounds
@@ -85,6 +92,8 @@ __all__ = [
     "cross_entropy_loss",
     "dlr_loss",
     "dlr_targeted_loss",
+    "fab",
+    "fab_targeted",
     "fgsm",
     "has_quantizer",
     "input_gradient_model",

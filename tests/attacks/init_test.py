@@ -21,6 +21,8 @@ FUNCTIONS = (
     "apgd",
     "apgd_checkpoints",
     "apgd_targeted",
+    "fab",
+    "fab_targeted",
     "square",
     "square_fraction",
     "transfer",
