@@ -14,6 +14,16 @@ appends eps=0.5, where no classifier can beat chance, unless
 --noadd_large_eps. Writes the JSON report at --output with
 <stem>_sweep.png and <stem>_examples.png beside it, prints a table and
 warns about every failed gradient-masking check.
+
+Every finished attack batch is written to <stem>_batches/ beside the report:
+rerunning the same command after a crash skips the finished batches and
+gives the same report. A run with other settings there is refused (the
+differences are listed) unless --overwrite.
+
+  python -m apps.evaluate --model=runs/mnist_sq_fgsm --attacks=autoattack
+
+runs AutoAttack's attacks as a cascade (through BPDA on a quantized model);
+--worst_case_only runs any attack list that way.
 """
 
 import os
@@ -67,7 +77,23 @@ _RESTARTS = flags.DEFINE_integer(
     "restarts", _DEFAULTS.restarts, "Random restarts of PGD-type attacks."
 )
 _SQUARE_QUERIES = flags.DEFINE_integer(
-    "square_queries", _DEFAULTS.square_queries, "Square Attack queries per example."
+    "square_queries",
+    _DEFAULTS.square_queries,
+    "Square Attack queries per example; presets with their own budget (autoattack: 5000) "
+    "use it unless this flag is given.",
+)
+_WORST_CASE_ONLY = flags.DEFINE_boolean(
+    "worst_case_only",
+    False,
+    "Cascade: each attack runs only on the examples every earlier one failed on; per-attack "
+    "entries are then the accuracy robust after that attack, the per-attack masking checks "
+    "are not run. Always on for presets that ask for it (autoattack).",
+)
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite",
+    False,
+    "Discard the finished batches of a run with other settings in <output stem>_batches/ "
+    "instead of refusing to start.",
 )
 _SOURCE_MODEL = flags.DEFINE_string(
     "source_model", None, "Surrogate model for the transfer attack (same formats as --model)."
@@ -150,7 +176,7 @@ def _configure_tensorflow():
 
 
 def _validated_flags():
-    """Fails fast on bad flags; returns `(attack names, eps values or [None])`."""
+    """Fails fast on bad flags; returns the eps values (or [None])."""
     if not _MODEL.value:
         raise SystemExit(
             "Error: --model is required (a .keras file, model_dir or SavedModel directory)."
@@ -164,10 +190,10 @@ def _validated_flags():
     if _NUM_EXAMPLES.value < 0:
         raise SystemExit(f"Error: --num_examples must be >= 0. Received: {_NUM_EXAMPLES.value}")
     try:
-        attacks = evaluation.resolve_attacks(_ATTACKS.value.split(","))
+        evaluation.resolve_attacks(_ATTACKS.value.split(","))
     except ValueError as e:
         raise SystemExit(f"Error: {e}") from None
-    return attacks, _parse_eps(_EPS.value, None)
+    return _parse_eps(_EPS.value, None)
 
 
 def _load_models(strategy, policy):
@@ -188,12 +214,45 @@ def _check_shapes(dataset, info, target, source):
             )
 
 
-def _settings():
-    return evaluation.AttackSettings(
+def _plan(target):
+    """The attacks, settings and mode: presets' defaults yield to flags given."""
+    settings = evaluation.AttackSettings(
         pgd_steps=_PGD_STEPS.value,
         restarts=_RESTARTS.value,
         square_queries=_SQUARE_QUERIES.value,
         seed=_SEED.value,
+    )
+    explicit = [f.name for f in (_PGD_STEPS, _RESTARTS, _SQUARE_QUERIES, _SEED) if f.present]
+    return evaluation.REGISTRY.plan(
+        _ATTACKS.value.split(","),
+        settings,
+        target=target,
+        explicit=explicit,
+        worst_case_only=_WORST_CASE_ONLY.value,
+    )
+
+
+def _store(output, dataset, policy, target):
+    """The `BatchStore` beside `output`, describing what the app adds to the run."""
+    model_file = target.path
+    if os.path.isdir(model_file) and os.path.isfile(os.path.join(model_file, "model.keras")):
+        model_file = os.path.join(model_file, "model.keras")
+    source = _SOURCE_MODEL.value
+    run = {
+        "model_sha256": evaluation.file_digest(model_file),
+        "model_commit": target.config.get("environment", {}).get("git_commit"),
+        "source_model": source,
+        "source_model_sha256": evaluation.file_digest(source) if source else None,
+        "dataset": dataset,
+        "split": _SPLIT.value,
+        "mixed_precision": policy,
+        "strategy": _STRATEGY.value,
+    }
+    return evaluation.BatchStore(
+        evaluation.batches_dir(output),
+        run=run,
+        overwrite=_OVERWRITE.value,
+        hint="rerun with --overwrite to discard them, or give another --output",
     )
 
 
@@ -210,7 +269,7 @@ def _metadata(dataset, policy, target):
     }
 
 
-def _evaluate(attacks, eps_values, policy):
+def _evaluate(eps_values, policy):
     """Loads models and examples, runs the suite and writes the report.
 
     Returns:
@@ -226,22 +285,25 @@ def _evaluate(attacks, eps_values, policy):
     images, labels = evaluation.load_examples(
         dataset, _SPLIT.value, num_examples=_NUM_EXAMPLES.value or None, data_dir=_DATA_DIR.value
     )
+    output = _OUTPUT.value or _default_output(_MODEL.value)
+    plan = _plan(target)
     report = evaluation.evaluate(
         target,
         images,
         labels,
-        attacks=attacks,
+        attacks=plan.attacks,
         eps_values=eps_values,
-        settings=_settings(),
+        settings=plan.settings,
         source=source,
         num_classes=info.num_classes,
         batch_size=_BATCH_SIZE.value,
         progress=_PROGRESS.value,
         add_large_eps=_ADD_LARGE_EPS.value,
         strategy=strategy,
+        worst_case_only=plan.worst_case_only,
+        store=_store(output, dataset, policy, target),
     )
     report.metadata.update(_metadata(dataset, policy, target))
-    output = _OUTPUT.value or _default_output(_MODEL.value)
     written = evaluation.write_report(
         report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
     )
@@ -252,9 +314,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     policy = _configure_tensorflow()
-    attacks, eps_values = _validated_flags()
+    eps_values = _validated_flags()
     try:
-        report, written = _evaluate(attacks, eps_values, policy)
+        report, written = _evaluate(eps_values, policy)
     except (ValueError, FileNotFoundError, data.DataError) as e:
         raise SystemExit(f"Error: {e}") from None
     print(evaluation.format_table(report))

@@ -99,9 +99,10 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertEqual(report["eps"], 0.3)
         self.assertEqual(report["eps_values"], [0.1, 0.3, 0.5])
         self.assertEqual(report["dataset"], "mnist")
-        expected = set(evaluation.ATTACKS) | {evaluation.DOUBLED}
+        expected = set(evaluation.PRESETS["strong"]) | {evaluation.DOUBLED}
         self.assertEqual(set(report["attacks"]), expected)
-        for name in evaluation.ATTACKS:
+        self.assertFalse(report["worst_case_only"])
+        for name in evaluation.PRESETS["strong"]:
             results = report["attacks"][name]["results"]
             self.assertEqual(set(results), {"0.1", "0.3", "0.5"}, name)
             self.assertLessEqual(results["0.3"]["robust_accuracy"], report["clean_accuracy"])
@@ -136,6 +137,49 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertNotIn("\x1b", result.stdout)
         for line in ("fgsm eps=0.1: batch 1/2 (", "fgsm eps=0.5: batch 2/2 ("):
             self.assertIn(line, result.stdout)
+
+    def test_autoattack_cascade_resumes_and_refuses_other_settings(self):
+        output = os.path.join(self.create_tempdir().full_path, "report.json")
+        flags = [
+            f"--model={saved_models()['quantized']}",
+            "--num_examples=24",
+            "--attacks=autoattack",
+            "--eps=0.3",
+            "--noadd_large_eps",
+            "--pgd_steps=5",
+            "--square_queries=20",
+            "--batch_size=8",
+            f"--output={output}",
+        ]
+        first = run_app(*flags)
+        self.assertEqual(first.returncode, 0, first.stderr[-3000:])
+        with open(output) as f:
+            report = json.load(f)
+        self.assertTrue(report["worst_case_only"])
+        self.assertEqual(list(report["attacks"]), ["bpda_identity:apgd_ce", "square"])
+        square = report["attacks"]["square"]
+        self.assertEqual(square["settings"]["max_queries"], 20)  # Given explicitly.
+        self.assertEqual(square["results"]["0.3"]["robust_accuracy"], report["worst_case_accuracy"])
+        self.assertLessEqual(
+            square["results"]["0.3"]["attacked_examples"],
+            report["attacks"]["bpda_identity:apgd_ce"]["results"]["0.3"]["attacked_examples"],
+        )
+        self.assertIn("robust after", first.stdout)
+        self.assertIn("bpda_identity:apgd_ce eps=0.3: batch 2/", first.stdout)
+        batches = os.path.join(os.path.dirname(output), "report_batches")
+        self.assertIn("manifest.json", os.listdir(batches))
+        refused = run_app(*flags, "--seed=1")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("settings.seed: 0 -> 1", refused.stderr)
+        self.assertIn("--overwrite", refused.stderr)
+        again = run_app(*flags)
+        self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+        for name in ("bpda_identity:apgd_ce", "square"):
+            self.assertRegex(again.stdout, rf"{name} eps=0.3: (\d+)/\1 batches read from")
+        self.assertNotIn("batch 1/", again.stdout)
+        with open(output) as f:
+            rerun = json.load(f)
+        self.assertEqual(rerun, report)
 
     @parameterized.named_parameters(
         (

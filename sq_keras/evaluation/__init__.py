@@ -16,18 +16,29 @@ report.metadata["split"] = "test"         # extra top-level keys of the JSON fil
 evaluation.write_report(report, "runs/mnist_sq_noisy/evaluation.json")
 print(evaluation.format_table(report))
 report.worst_case_accuracy, report.attacks["pgd"]["results"][evaluation.eps_key(0.3)]
+
+# AutoAttack's cascade (through BPDA on a quantized model), resumable: every
+# finished batch lands in results/x_batches/ and a rerun skips it.
+plan = evaluation.REGISTRY.plan(["autoattack"], evaluation.AttackSettings(), target=target)
+report = evaluation.evaluate(
+    target, images, labels, attacks=plan.attacks, eps_values=[0.3],
+    settings=plan.settings, worst_case_only=plan.worst_case_only,
+    store=evaluation.BatchStore(evaluation.batches_dir("results/x.json")),
+)
 ```
 
 The package reads as the pipeline: `target` (loading models and examples),
 `registry` (the attacks: one `AttackSpec` per attack; names, presets, attack
 sets and skip reasons derive from it), `attack_runner` (one attack at one eps
-over batches), `suite` (`evaluate`), `report` (the typed `Report`), `checks`
-(the masking checks) and `writers` (JSON, table, figures, TensorBoard).
+over batches), `batch_store` (finished batches on disk), `suite`
+(`evaluate`), `report` (the typed `Report`), `checks` (the masking checks)
+and `writers` (JSON, table, figures, TensorBoard).
 
 Accuracies in the report are percentages of the evaluated examples. An example
 counts as robust to an attack only if it is classified correctly both clean
 and after the attack; it counts towards `worst_case_accuracy` only if every
-attack run at that eps failed on it.
+attack run at that eps failed on it. In a cascade (`worst_case_only`) each
+attack's accuracy is the share still robust after it and every earlier one.
 
 Masking checks (Carlini et al. 2019, "On Evaluating Adversarial Robustness",
 section 5 and appendix checklist), each `passed` True/False or None when it
@@ -55,6 +66,10 @@ could not be run:
 from sq_keras.evaluation.attack_runner import AttackOutcome
 from sq_keras.evaluation.attack_runner import run_attack
 from sq_keras.evaluation.attack_runner import zero_gradient_shares
+from sq_keras.evaluation.batch_store import BatchStore
+from sq_keras.evaluation.batch_store import StoreMismatch
+from sq_keras.evaluation.batch_store import batches_dir
+from sq_keras.evaluation.batch_store import file_digest
 from sq_keras.evaluation.checks import SLACK
 from sq_keras.evaluation.checks import failed_checks
 from sq_keras.evaluation.checks import masking_checks
@@ -65,10 +80,13 @@ from sq_keras.evaluation.registry import ITERATIVE_ATTACKS
 from sq_keras.evaluation.registry import PLAIN_GRADIENT_ATTACKS
 from sq_keras.evaluation.registry import PRESETS
 from sq_keras.evaluation.registry import REGISTRY
+from sq_keras.evaluation.registry import AttackPlan
 from sq_keras.evaluation.registry import AttackSettings
 from sq_keras.evaluation.registry import AttackSpec
+from sq_keras.evaluation.registry import Preset
 from sq_keras.evaluation.registry import Registry
 from sq_keras.evaluation.registry import attack_settings
+from sq_keras.evaluation.registry import bpda_name
 from sq_keras.evaluation.registry import resolve_attacks
 from sq_keras.evaluation.report import Report
 from sq_keras.evaluation.report import eps_key
@@ -96,12 +114,19 @@ __all__ = [
     "REGISTRY",
     "SLACK",
     "AttackOutcome",
+    "AttackPlan",
     "AttackSettings",
     "AttackSpec",
+    "BatchStore",
+    "Preset",
     "Registry",
     "Report",
+    "StoreMismatch",
     "Target",
     "attack_settings",
+    "batches_dir",
+    "bpda_name",
+    "file_digest",
     "eps_key",
     "evaluate",
     "failed_checks",

@@ -20,16 +20,19 @@ class AttackOutcome(typing.NamedTuple):
     """What one attack at one eps left.
 
     Attributes:
-        adversarial: The adversarial images, `[N, H, W, C]`.
-        predictions: The target's predictions on them, `[N]`.
-        queries: Model queries per example, or None when not counted.
+        adversarial: The adversarial images of the attacked examples whose
+            index is below `keep_adversarial` (all by default).
+        predictions: The target's predictions on the attacked examples.
+        queries: Their model queries, or None when not counted.
         seconds: Wall time of the attack.
+        indices: The attacked examples (`[K]`, ascending), or None: all.
     """
 
     adversarial: np.ndarray
     predictions: np.ndarray
     queries: typing.Optional[np.ndarray]
     seconds: float
+    indices: typing.Optional[np.ndarray] = None
 
 
 def batches(num, batch_size):
@@ -86,11 +89,59 @@ def distributed(run, strategy):
     return distributed_run
 
 
-def _identity_outcome(target, images, batch_size):
+def _kept(indices, keep):
+    """How many leading entries of ascending `indices` are below `keep`."""
+    return len(indices) if keep is None else int(np.searchsorted(indices, keep))
+
+
+def _identity_outcome(target, images, batch_size, indices, keep):
     """Every attack is the identity at eps = 0: only the clean predictions."""
     start = time.perf_counter()
-    predictions = predict(target.model_fn, images, batch_size)
-    return AttackOutcome(images, predictions, None, time.perf_counter() - start)
+    selected = images if indices is None else images[indices]
+    predictions = predict(target.model_fn, selected, batch_size)
+    kept = _kept(np.arange(len(images)) if indices is None else indices, keep)
+    return AttackOutcome(selected[:kept], predictions, None, time.perf_counter() - start, indices)
+
+
+def _attack_batch(run, predict_fn, images, labels, indices, keep):
+    """Attacks the examples `indices`; returns the batch record of `BatchStore`."""
+    start = time.perf_counter()
+    x_adv, used = run(tf.constant(images[indices]), tf.constant(labels[indices]))
+    predictions = predict_fn(x_adv).numpy()
+    return {
+        "indices": indices,
+        "predictions": predictions,
+        "queries": used.numpy(),
+        "adversarial": x_adv.numpy()[: _kept(indices, keep)],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _stored(store, label, eps, index, indices):
+    """Batch `index` from `store` if finished there (and on the same examples)."""
+    record = None if store is None else store.load(label, eps, index)
+    if record is not None and not np.array_equal(record["indices"], indices):
+        raise ValueError(
+            f"Stored batch {index} of {label} at eps={eps:g} attacked other examples: "
+            f"the store {store.directory} is inconsistent; discard it (overwrite)."
+        )
+    return record
+
+
+def _outcome(records, indices, image_shape):
+    """An `AttackOutcome` from the batch records, in order."""
+
+    def joined(field, empty):
+        return np.concatenate([r[field] for r in records]) if records else empty
+
+    queries = joined("queries", np.zeros([0], np.int32))
+    return AttackOutcome(
+        joined("adversarial", np.zeros([0, *image_shape], np.float32)),
+        joined("predictions", np.zeros([0], np.int64)),
+        None if np.all(queries < 0) else queries,
+        sum(r["seconds"] for r in records),
+        indices,
+    )
 
 
 def run_attack(
@@ -107,11 +158,16 @@ def run_attack(
     description=None,
     strategy=None,
     registry=REGISTRY,
+    indices=None,
+    store=None,
+    keep_adversarial=None,
 ):
-    """Runs one attack of the suite over all examples at one eps.
+    """Runs one attack of the suite over the examples at one eps.
 
     With a `tf.distribute` strategy of several replicas, each batch is split
-    across the replicas and attacked under `strategy.run`.
+    across the replicas and attacked under `strategy.run`. Every batch gets
+    the same settings and seed, so its result does not depend on which
+    batches ran before it: a resumed run equals an uninterrupted one.
 
     Args:
         name: Attack name in `registry`.
@@ -123,36 +179,40 @@ def run_attack(
         source: `Target` a transfer attack is crafted on.
         batch_size: Examples per batch.
         progress: Report each finished batch.
-        description: Progress text before the eps; default `name`.
+        description: Progress text before the eps, and the entry in `store`;
+            default `name`.
         strategy: Optional `tf.distribute` strategy.
         registry: The attack `Registry`.
+        indices: Ascending indices of the examples to attack (the cascade's
+            survivors); None: all.
+        store: Optional `BatchStore`: finished batches are read from it and
+            new ones written to it.
+        keep_adversarial: Keep (and store) the adversarial images of the
+            examples with a lower index only; None keeps all.
 
     Returns:
-        An `AttackOutcome`: `(adversarial images, predictions on them,
-        queries or None, seconds)`.
+        An `AttackOutcome` of the attacked examples.
     """
     if eps == 0.0:
-        return _identity_outcome(target, images, batch_size)
+        return _identity_outcome(target, images, batch_size, indices, keep_adversarial)
+    label = description or name
     run = distributed(batch_attack(registry[name], eps, settings, target, source), strategy)
     predict_fn = tf.function(lambda x: tf.argmax(target.model_fn(x), -1, output_type=tf.int64))
-    adversarial, predictions, queries = [], [], []
-    start = time.perf_counter()
-    steps = progress_lib.items(
-        batches(len(images), batch_size), f"{description or name} eps={eps:g}", enabled=progress
-    )
-    for a, b in steps:
-        x_adv, used = run(tf.constant(images[a:b]), tf.constant(labels[a:b]))
-        adversarial.append(x_adv.numpy())
-        predictions.append(predict_fn(x_adv).numpy())
-        queries.append(used.numpy())
-    seconds = time.perf_counter() - start
-    queries = np.concatenate(queries)
-    return AttackOutcome(
-        np.concatenate(adversarial),
-        np.concatenate(predictions),
-        None if np.all(queries < 0) else queries,
-        seconds,
-    )
+    selected = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
+    spans = [selected[a:b] for a, b in batches(len(selected), batch_size)]
+    records = [_stored(store, label, eps, i, span) for i, span in enumerate(spans)]
+    pending = [i for i, record in enumerate(records) if record is None]
+    if progress and len(pending) < len(spans):
+        print(
+            f"{label} eps={eps:g}: {len(spans) - len(pending)}/{len(spans)} batches "
+            f"read from {store.directory}",
+            flush=True,
+        )
+    for i in progress_lib.items(pending, f"{label} eps={eps:g}", enabled=progress):
+        records[i] = _attack_batch(run, predict_fn, images, labels, spans[i], keep_adversarial)
+        if store is not None:
+            store.save(label, eps, i, records[i])
+    return _outcome(records, indices, images.shape[1:])
 
 
 def zero_gradient_shares(model_fn, images, labels, *, batch_size=250):

@@ -5,6 +5,9 @@ the appendix checklist. Every check maps `(report, registry)` to
 `{"passed": True/False/None, "message": ..., **numbers}`; None means it could
 not be run. The attack sets each check compares (one-step, iterative, plain
 gradient, gradient-free, transfer, BPDA) come from the attack registry.
+
+A cascade (`report.worst_case_only`) leaves no per-attack accuracies: the
+checks that compare attacks are not run there (None).
 """
 
 from sq_keras.evaluation.registry import DOUBLED
@@ -216,9 +219,25 @@ CHECKS = (
 )
 
 
+# Checks that compare one attack's accuracy with another's.
+PER_ATTACK_CHECKS = (
+    iterative_beats_single_step,
+    pgd_steps_converged,
+    gradient_free_not_stronger,
+    transfer_not_stronger,
+    plain_gradients_not_masked,
+)
+
+
+def _run_check(check, report, registry):
+    if report.worst_case_only and check in PER_ATTACK_CHECKS:
+        return _check(None, "Needs per-attack accuracies; the cascade (worst case only) has none.")
+    return check(report, registry)
+
+
 def masking_checks(report, *, registry=REGISTRY):
     """The gradient-masking checks of a `Report`, as `{name: check}`."""
-    return {check.__name__: check(report, registry) for check in CHECKS}
+    return {check.__name__: _run_check(check, report, registry) for check in CHECKS}
 
 
 def failed_checks(report):

@@ -6,21 +6,30 @@ whether it iterates and returns query counts, which model it runs on (the
 target, the transfer source, or the target through a BPDA stand-in), whether
 the convergence check may rerun it with twice the steps, and which presets
 include it. The attack names, presets, the attack sets of the masking checks,
-the skip reasons and the run dispatch are all read from a `Registry`:
+the skip reasons and the run dispatch are all read from a `Registry`.
+
+Every plain gradient attack also has a BPDA version per stand-in of
+`attacks.STAND_INS`, derived from it (`through_stand_in`) and named
+`bpda_<stand_in>:<attack>` (`bpda_identity:apgd_ce`). PGD-CE's keep their
+first names, `bpda_identity` and `bpda_smooth` (`bpda_identity:pgd` is an
+alias), so older reports keep their meaning.
+
+A `Preset` may also choose its members per model and bring its own setting
+defaults: `autoattack` runs its gradient attacks through the identity BPDA
+stand-in on a model with a quantizer, with AutoAttack's budgets, as a cascade:
 
 ```python
-from sq_keras import attacks
 from sq_keras.evaluation import registry
 
-apgd_bpda = registry.through_stand_in(registry.REGISTRY["apgd_ce"], "identity",
-                                      name="bpda_apgd_ce")
-extended = registry.REGISTRY.extended(apgd_bpda)
-extended.resolve(["strong"])[-1]        # "bpda_apgd_ce"
+plan = registry.REGISTRY.plan(["autoattack"], registry.AttackSettings(), target=target)
+plan.attacks          # ["bpda_identity:apgd_ce", "square"] on a quantized model
+plan.settings.square_queries, plan.worst_case_only          # 5000, True
 ```
 """
 
 import dataclasses
 import functools
+import typing
 
 from sq_keras import attacks
 
@@ -243,6 +252,23 @@ def through_stand_in(spec, stand_in, *, name, **changes):
     return dataclasses.replace(spec, name=name, model=ThroughStandIn(stand_in), **changes)
 
 
+def bpda_name(stand_in, attack):
+    """The name of `attack`'s BPDA version through `stand_in`."""
+    return f"bpda_{stand_in}:{attack}"
+
+
+def bpda_versions(entries, *, exclude=()):
+    """Every plain gradient entry through every stand-in, opt-in (no preset)."""
+    return tuple(
+        through_stand_in(
+            spec, stand_in, name=bpda_name(stand_in, spec.name), presets=(), doubles=False
+        )
+        for stand_in in attacks.STAND_INS
+        for spec in entries
+        if spec.plain_gradient and spec.name not in exclude
+    )
+
+
 def _pgd(name, loss, *, kind=GRADIENT, **fields):
     kwargs = functools.partial(pgd_kwargs, loss=loss)
     return AttackSpec(name, attacks.pgd, kwargs, kind, iterative=True, **fields)
@@ -255,7 +281,8 @@ def _apgd(loss):
 
 _PGD_CE = _pgd("pgd", "ce", presets=("strong", "fast"), doubles=True)
 
-ENTRIES = (
+# Suite order: the order of reports and of the cascade (cheapest first).
+PLAIN_ENTRIES = (
     AttackSpec(
         "fgsm",
         attacks.fgsm,
@@ -267,6 +294,7 @@ ENTRIES = (
     _pgd("pgd_cw", "margin", doubles=True),
     _apgd("ce"),
     _apgd("dlr"),
+    # APGD-T and FAB-T entries go here (before square, AutoAttack's order).
     AttackSpec(
         "square",
         attacks.square,
@@ -277,9 +305,75 @@ ENTRIES = (
         presets=("strong", "fast"),
     ),
     _pgd("transfer", "ce", kind=TRANSFER, model=OnSource()),
-    through_stand_in(_PGD_CE, "identity", name="bpda_identity", presets=("strong",)),
-    through_stand_in(_PGD_CE, "smooth", name="bpda_smooth", presets=("strong",), doubles=False),
 )
+
+# PGD-CE through BPDA keeps the names of the published table.
+BPDA_PGD = {stand_in: f"bpda_{stand_in}" for stand_in in attacks.STAND_INS}
+ALIASES = {bpda_name(stand_in, "pgd"): name for stand_in, name in BPDA_PGD.items()}
+
+ENTRIES = (
+    *PLAIN_ENTRIES,
+    through_stand_in(_PGD_CE, "identity", name=BPDA_PGD["identity"], presets=("strong",)),
+    through_stand_in(
+        _PGD_CE, "smooth", name=BPDA_PGD["smooth"], presets=("strong",), doubles=False
+    ),
+    *bpda_versions(PLAIN_ENTRIES, exclude=("pgd",)),
+)
+
+
+# ---------------------------------------------------------------------------
+# Presets with their own members per model and their own setting defaults.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A preset beyond the entries' `presets` memberships.
+
+    Attributes:
+        name: Name in `--attacks`.
+        members: Plain entry names, in suite order.
+        stand_in: On a model with a quantizer, the gradient members run
+            through this BPDA stand-in instead (None: always plain).
+        defaults: `(field, value)` pairs of `AttackSettings` this preset
+            runs with unless the caller sets the field explicitly.
+        worst_case_only: Always run as a cascade.
+        description: One line for the `--attacks` help.
+    """
+
+    name: str
+    members: tuple
+    stand_in: str = None
+    defaults: tuple = ()
+    worst_case_only: bool = False
+    description: str = ""
+
+
+# Croce and Hein 2020, "Reliable evaluation of adversarial robustness with an
+# ensemble of diverse parameter-free attacks", section 5: APGD-CE (100
+# iterations, 1 restart), APGD-T, FAB-T, Square (5000 queries, p_init 0.8),
+# each run only on the examples the earlier ones failed on.
+AUTOATTACK = Preset(
+    "autoattack",
+    members=(
+        "apgd_ce",
+        # "apgd_t" and "fab_t" go here once their registry entries exist.
+        "square",
+    ),
+    stand_in="identity",
+    defaults=(("pgd_steps", 100), ("square_queries", 5000), ("square_p_init", 0.8)),
+    worst_case_only=True,
+    description="AutoAttack's cascade, through BPDA on a quantized model",
+)
+
+PRESET_TABLE = (AUTOATTACK,)
+
+
+class AttackPlan(typing.NamedTuple):
+    """What to run: attack names in run order, the settings, the mode."""
+
+    attacks: list
+    settings: AttackSettings
+    worst_case_only: bool
 
 
 # ---------------------------------------------------------------------------
@@ -287,27 +381,33 @@ ENTRIES = (
 
 
 class Registry:
-    """Attack entries in suite order, and everything derived from them."""
+    """Attack entries in suite order, presets, and everything derived from them."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, *, presets=(), aliases=None):
         self._entries = {spec.name: spec for spec in entries}
         if len(self._entries) != len(entries):
             raise ValueError(f"Attack names repeat: {[spec.name for spec in entries]}")
+        self._presets = {preset.name: preset for preset in presets}
+        self._aliases = dict(aliases or {})
+
+    def _canonical(self, name):
+        return self._aliases.get(name, name)
 
     def __getitem__(self, name):
+        name = self._canonical(name)
         if name not in self._entries:
             raise ValueError(f"Unknown attack {name!r}.")
         return self._entries[name]
 
     def __contains__(self, name):
-        return name in self._entries
+        return self._canonical(name) in self._entries
 
     def __iter__(self):
         return iter(self._entries.values())
 
     def extended(self, *entries):
         """A registry with `entries` appended to the suite."""
-        return Registry([*self, *entries])
+        return Registry([*self, *entries], presets=self._presets.values(), aliases=self._aliases)
 
     @property
     def names(self):
@@ -315,9 +415,11 @@ class Registry:
 
     @property
     def presets(self):
-        """`{preset: names}`, presets in order of first appearance."""
+        """`{preset: names}`, entry presets in order of first appearance, then
+        the `Preset`s (their members as on a model without a quantizer)."""
         order = dict.fromkeys(p for spec in self for p in spec.presets)
-        return {p: tuple(s.name for s in self if p in s.presets) for p in order}
+        derived = {p: tuple(s.name for s in self if p in s.presets) for p in order}
+        return {**derived, **{name: p.members for name, p in self._presets.items()}}
 
     def names_where(self, predicate):
         """Names of the entries for which `predicate(spec)` holds."""
@@ -329,32 +431,103 @@ class Registry:
 
     def help(self):
         """The attack list of the `--attacks` flag."""
-        return f"Comma list of {', '.join(self.names)} or presets ({', '.join(self.presets)})."
+        described = [
+            f"{name} ({self._presets[name].description})" if name in self._presets else name
+            for name in self.presets
+        ]
+        return (
+            f"Comma list of {', '.join(self.names)} or presets ({', '.join(described)}). "
+            f"{', '.join(self._aliases)}: aliases of {', '.join(self._aliases.values())}."
+        )
 
-    def resolve(self, names):
-        """Expands presets and validates attack names, keeping suite order.
+    def _member(self, preset, name, target):
+        """Preset member `name` on `target`: its BPDA version where it has a
+        quantizer and BPDA can run there (else plain; `bpda_run` then fails)."""
+        spec = self[name]
+        if preset is None or preset.stand_in is None or target is None:
+            return spec.name
+        if not (spec.plain_gradient and target.has_quantizer):
+            return spec.name
+        bpda = self._canonical(bpda_name(preset.stand_in, spec.name))
+        usable = bpda in self._entries and self.skip_reason(bpda, target, None) is None
+        return bpda if usable else spec.name
+
+    def _requested(self, names):
+        """`(preset or None, entry name)` of every requested attack.
 
         Raises:
             ValueError: An unknown name; the message lists the valid ones.
         """
         presets = self.presets
-        chosen = set()
+        requested = []
         for name in (name.strip() for name in names):
-            if name in presets:
-                chosen.update(presets[name])
-            elif name in self._entries:
-                chosen.add(name)
+            if name in self._presets:
+                preset = self._presets[name]
+                requested += [(preset, member) for member in preset.members]
+            elif name in presets:
+                requested += [(None, member) for member in presets[name]]
+            elif name in self:
+                requested.append((None, self._canonical(name)))
             elif name:
                 raise ValueError(
                     f"Unknown attack {name!r}. Valid attacks: {', '.join(self.names)}; "
                     f"presets: {', '.join(presets)}."
                 )
-        if not chosen:
+        if not requested:
             raise ValueError(f"No attack given. Valid attacks: {', '.join(self.names)}.")
-        return [name for name in self.names if name in chosen]
+        return requested
+
+    def resolve(self, names, *, target=None):
+        """Expands presets and validates attack names, keeping suite order.
+
+        A `Preset`'s gradient members become their BPDA versions when
+        `target` (a `Target`) holds a quantizer; they keep the place of the
+        plain entry in the order.
+
+        Raises:
+            ValueError: An unknown name; the message lists the valid ones.
+        """
+        position = {name: i for i, name in enumerate(self.names)}
+        chosen = {}
+        for preset, name in self._requested(names):
+            resolved = self._member(preset, name, target)
+            chosen[resolved] = (position[name], resolved != name)
+        return sorted(chosen, key=chosen.get)
+
+    def requested_presets(self, names):
+        """The `Preset`s named in `names`."""
+        return [self._presets[n.strip()] for n in names if n.strip() in self._presets]
+
+    def preset_settings(self, names, settings, *, explicit=()):
+        """`settings` with the defaults of the requested presets, but for the
+        fields named in `explicit` (those the caller set).
+
+        Raises:
+            ValueError: Two requested presets default a field differently.
+        """
+        defaults = {}
+        for preset in self.requested_presets(names):
+            for field, value in preset.defaults:
+                if defaults.setdefault(field, value) != value:
+                    raise ValueError(
+                        f"Presets {', '.join(p.name for p in self.requested_presets(names))} "
+                        f"disagree on {field}: set it explicitly."
+                    )
+        changes = {f: v for f, v in defaults.items() if f not in set(explicit)}
+        return dataclasses.replace(settings, **changes)
+
+    def plan(self, names, settings, *, target=None, explicit=(), worst_case_only=False):
+        """What to run for `names`: attacks (per `resolve`), settings (per
+        `preset_settings`) and the cascade mode (asked, or a preset's)."""
+        cascade = worst_case_only or any(p.worst_case_only for p in self.requested_presets(names))
+        return AttackPlan(
+            self.resolve(names, target=target),
+            self.preset_settings(names, settings, explicit=explicit),
+            bool(cascade),
+        )
 
 
-REGISTRY = Registry(ENTRIES)
+REGISTRY = Registry(ENTRIES, presets=PRESET_TABLE, aliases=ALIASES)
 ATTACKS = REGISTRY.names
 PRESETS = REGISTRY.presets
 PLAIN_GRADIENT_ATTACKS = REGISTRY.names_where(lambda s: s.plain_gradient)
@@ -365,13 +538,13 @@ TRANSFER_ATTACKS = REGISTRY.names_where(lambda s: s.kind == TRANSFER)
 BPDA_ATTACKS = REGISTRY.names_where(lambda s: s.bpda)
 
 
-def resolve_attacks(names, *, registry=REGISTRY):
+def resolve_attacks(names, *, registry=REGISTRY, target=None):
     """Expands presets and validates attack names, keeping suite order.
 
     Raises:
         ValueError: An unknown name; the message lists the valid ones.
     """
-    return registry.resolve(names)
+    return registry.resolve(names, target=target)
 
 
 def attack_settings(name, eps, settings, *, registry=REGISTRY):

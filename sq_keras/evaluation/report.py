@@ -33,6 +33,10 @@ class Report:
         attacks: `{name: {"settings": ..., "results": {eps_key: ...}}}`.
         skipped: `{name: reason}` of the attacks that could not run.
         settings: The suite's `AttackSettings` as a dict.
+        worst_case_only: Whether the attacks ran as a cascade, each only on
+            the examples every earlier attack failed on; then each attack's
+            `robust_accuracy` is "robust after this attack" (and every
+            earlier one), with the number of `attacked_examples`.
         worst_case_accuracy_by_eps: `{eps_key: accuracy}` of the examples
             every attack failed on.
         worst_case_accuracy: The worst case at the primary eps.
@@ -57,6 +61,7 @@ class Report:
     attacks: dict = dataclasses.field(default_factory=dict)
     skipped: dict = dataclasses.field(default_factory=dict)
     settings: dict = dataclasses.field(default_factory=dict)
+    worst_case_only: bool = False
     worst_case_accuracy_by_eps: dict = dataclasses.field(default_factory=dict)
     worst_case_accuracy: float = None
     robust_examples: list = dataclasses.field(default_factory=list)

@@ -5,6 +5,17 @@ each eps of the sweep (`run_attack`), accumulates the results per example in
 an `AttackResults`, then runs the two measurements that exist for the
 masking checks (the 2x-steps convergence pass and the zero-gradient share)
 and returns a `Report` with its checks.
+
+Two modes. Per attack (the default): every attack runs on every example, and
+each attack's accuracy is its own, as the masking checks need. Cascade
+(`worst_case_only=True`, AutoAttack's protocol): each attack runs only on
+the examples still robust after the earlier ones, in suite order, so each
+attack's entry is the accuracy robust after it and every earlier one; the
+worst case is the same as in the per-attack mode whenever the attacks' result
+per example does not depend on the other examples of its batch.
+
+With a `BatchStore`, every finished batch is written to disk and a rerun
+reads it back instead of attacking again.
 """
 
 import dataclasses
@@ -14,6 +25,7 @@ import numpy as np
 from sq_keras.evaluation.attack_runner import predict
 from sq_keras.evaluation.attack_runner import run_attack
 from sq_keras.evaluation.attack_runner import zero_gradient_shares
+from sq_keras.evaluation.batch_store import digest
 from sq_keras.evaluation.checks import masking_checks
 from sq_keras.evaluation.registry import DOUBLED
 from sq_keras.evaluation.registry import REGISTRY
@@ -55,14 +67,37 @@ class AttackResults:
     clean and after every attack recorded at that eps.
     """
 
-    def __init__(self, labels, clean_predictions, *, eps_values, primary, num_shown):
+    def __init__(self, labels, clean_predictions, *, eps_values, primary, shown, cascade=False):
         self.labels = labels
+        self.clean_predictions = clean_predictions
         self.clean_correct = clean_predictions == labels
         self.primary = primary
-        self.num_shown = num_shown
+        self.shown = shown  # The clean images of the figure.
+        self.num_shown = len(shown)
+        self.cascade = cascade
         self.attacks = {}
         self.robust = {eps: self.clean_correct.copy() for eps in eps_values}
         self.adversarial = {}  # {name: (images, predictions)} at the primary eps.
+
+    def survivors(self, eps):
+        """Indices of the examples still robust at `eps`."""
+        return np.flatnonzero(self.robust[eps])
+
+    def _all_predictions(self, outcome):
+        """Predictions on every example: the clean ones where not attacked."""
+        if outcome.indices is None:
+            return outcome.predictions
+        predictions = self.clean_predictions.copy()
+        predictions[outcome.indices] = outcome.predictions
+        return predictions
+
+    def _shown_adversarial(self, outcome):
+        """The figure's images: adversarial where attacked, else clean."""
+        if outcome.indices is None:
+            return outcome.adversarial[: self.num_shown]
+        images = self.shown.copy()
+        images[outcome.indices[: len(outcome.adversarial)]] = outcome.adversarial
+        return images
 
     def record(self, name, eps, outcome, *, settings, step_size=None):
         """Adds attack `name`'s `AttackOutcome` at `eps`.
@@ -74,16 +109,20 @@ class AttackResults:
             settings: The entry's settings dict (kept from the first record).
             step_size: The step size at `eps`, recorded when not None.
         """
-        correct = self.clean_correct & (outcome.predictions == self.labels)
+        predictions = self._all_predictions(outcome)
+        correct = self.clean_correct & (predictions == self.labels)
         self.robust[eps] &= correct
         entry = self.attacks.setdefault(name, {"settings": settings, "results": {}})
+        attacked = len(self.labels) if outcome.indices is None else len(outcome.indices)
         result = {
-            "robust_accuracy": _percent(correct),
+            "robust_accuracy": _percent(self.robust[eps] if self.cascade else correct),
             "seconds": round(outcome.seconds, 3),
-            "images_per_second": round(len(self.labels) / outcome.seconds, 2)
+            "images_per_second": round(attacked / outcome.seconds, 2)
             if outcome.seconds > 0
             else None,
         }
+        if self.cascade:
+            result["attacked_examples"] = attacked
         if outcome.queries is not None:
             result["mean_queries"] = float(np.mean(outcome.queries))
             result["median_queries"] = float(np.median(outcome.queries))
@@ -91,8 +130,8 @@ class AttackResults:
             result["step_size"] = step_size
         entry["results"][eps_key(eps)] = result
         if eps == self.primary:
-            shown = slice(self.num_shown)
-            self.adversarial[name] = (outcome.adversarial[shown], outcome.predictions[shown])
+            shown = predictions[: self.num_shown]
+            self.adversarial[name] = (self._shown_adversarial(outcome), shown)
 
     def worst_case_by_eps(self):
         """`{eps_key: accuracy}` of the examples every attack failed on."""
@@ -117,8 +156,11 @@ class _Suite:
     batch_size: int
     progress: bool
     strategy: object
+    store: object = None
+    num_shown: int = 0
+    primary: float = None
 
-    def run(self, name, eps, *, settings=None, description=None):
+    def run(self, name, eps, *, settings=None, description=None, indices=None):
         """`run_attack` of attack `name` at `eps` (settings: the suite's)."""
         options = {
             "source": self.source,
@@ -126,14 +168,20 @@ class _Suite:
             "progress": self.progress,
             "strategy": self.strategy,
             "registry": self.registry,
+            "store": self.store,
+            # The figure shows the primary eps only.
+            "keep_adversarial": self.num_shown if eps == self.primary else 0,
         }
         settings = settings or self.settings
         data = (self.target, self.images, self.labels)
-        return run_attack(name, eps, *data, settings=settings, description=description, **options)
+        return run_attack(
+            name, eps, *data, settings=settings, description=description, indices=indices, **options
+        )
 
 
 def _run_attacks(suite, results, attacks, eps_values):
-    """Runs every attack at every eps; returns `{name: reason}` of the skipped."""
+    """Runs every attack at every eps (in a cascade: on the survivors only);
+    returns `{name: reason}` of the skipped."""
     skipped = {}
     for name in attacks:
         reason = suite.registry.skip_reason(name, suite.target, suite.source)
@@ -144,7 +192,9 @@ def _run_attacks(suite, results, attacks, eps_values):
         settings = spec.settings(results.primary, suite.settings)
         for eps in eps_values:
             step_size = spec.settings(eps, suite.settings).get("step_size")
-            results.record(name, eps, suite.run(name, eps), settings=settings, step_size=step_size)
+            indices = results.survivors(eps) if results.cascade else None
+            outcome = suite.run(name, eps, indices=indices)
+            results.record(name, eps, outcome, settings=settings, step_size=step_size)
     return skipped
 
 
@@ -160,10 +210,11 @@ def _run_doubled_steps(suite, results):
     """For `pgd_steps_converged`: the first doubling attack again with 2x steps.
 
     Recorded as `DOUBLED` at the primary eps; like every attack run, it also
-    counts towards the worst case.
+    counts towards the worst case. Not in a cascade (the check needs the
+    per-attack mode).
     """
     doubled_of = _doubled_of(suite, results)
-    if doubled_of is None or results.primary <= 0:
+    if doubled_of is None or results.primary <= 0 or results.cascade:
         return
     doubled = dataclasses.replace(suite.settings, pgd_steps=2 * suite.settings.pgd_steps)
     outcome = suite.run(doubled_of, results.primary, settings=doubled, description=DOUBLED)
@@ -178,10 +229,10 @@ def _check_batch_size(batch_size):
         )
 
 
-def _shown_examples(results, images, clean_predictions):
+def _shown_examples(results, clean_predictions):
     n = results.num_shown
     return {
-        "images": images[:n],
+        "images": results.shown,
         "labels": results.labels[:n],
         "predictions": clean_predictions[:n],
         "adversarial": results.adversarial,
@@ -204,6 +255,8 @@ def evaluate(
     num_shown=8,
     strategy=None,
     registry=REGISTRY,
+    worst_case_only=False,
+    store=None,
 ):
     """Runs the attack suite and builds the report.
 
@@ -225,9 +278,16 @@ def evaluate(
         strategy: Optional `tf.distribute` strategy; attack batches are split
             across its replicas.
         registry: The attack `Registry` the names refer to.
+        worst_case_only: Run as a cascade: each attack only on the examples
+            every earlier one failed on (see the module docstring).
+        store: Optional `BatchStore` to write finished batches to and read
+            them back from on a rerun.
 
     Returns:
         A `Report`, its `checks` filled in.
+
+    Raises:
+        StoreMismatch: `store` holds the batches of another run.
     """
     _check_batch_size(batch_size)
     primary = float(eps_values[0])
@@ -236,18 +296,55 @@ def evaluate(
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
     suite = _Suite(
-        target, images, labels, settings, registry, source, batch_size, progress, strategy
+        target,
+        images,
+        labels,
+        settings,
+        registry,
+        source,
+        batch_size,
+        progress,
+        strategy,
+        store,
+        num_shown,
+        primary,
     )
+    if store is not None:
+        store.begin(run_identity(suite, attacks, eps_values, add_large_eps, worst_case_only))
     clean_predictions = predict(target.model_fn, images, batch_size)
     results = AttackResults(
-        labels, clean_predictions, eps_values=all_eps, primary=primary, num_shown=num_shown
+        labels,
+        clean_predictions,
+        eps_values=all_eps,
+        primary=primary,
+        shown=images[:num_shown],
+        cascade=worst_case_only,
     )
     skipped = _run_attacks(suite, results, attacks, all_eps)
     _run_doubled_steps(suite, results)
     report = _report(suite, results, all_eps, eps_values, num_classes, skipped)
-    report.examples = _shown_examples(results, images, clean_predictions)
+    report.examples = _shown_examples(results, clean_predictions)
     report.checks = masking_checks(report, registry=registry)
     return report
+
+
+def run_identity(suite, attacks, eps_values, add_large_eps, worst_case_only):
+    """What `evaluate` records in a `BatchStore`'s manifest: every argument
+    that changes a batch's result, the examples by their digest."""
+    return {
+        "model": suite.target.path,
+        "examples": {
+            "num_examples": len(suite.labels),
+            "sha256": digest(suite.images, suite.labels),
+        },
+        "attacks": list(attacks),
+        "eps_values": [float(eps) for eps in eps_values],
+        "add_large_eps": add_large_eps,
+        "settings": dataclasses.asdict(suite.settings),
+        "batch_size": suite.batch_size,
+        "num_shown": suite.num_shown,
+        "worst_case_only": bool(worst_case_only),
+    }
 
 
 def _report(suite, results, all_eps, eps_values, num_classes, skipped):
@@ -269,6 +366,7 @@ def _report(suite, results, all_eps, eps_values, num_classes, skipped):
         attacks=results.attacks,
         skipped=skipped,
         settings=dataclasses.asdict(suite.settings),
+        worst_case_only=results.cascade,
         worst_case_accuracy_by_eps=worst_case_by_eps,
         worst_case_accuracy=worst_case_by_eps[eps_key(results.primary)],
         robust_examples=results.robust_examples(),

@@ -1,6 +1,7 @@
 """Shared fixtures of the sq_keras.evaluation tests: tiny trained models,
 MNIST examples, cached reports and minimal hand-made reports for the checks."""
 
+import dataclasses
 import functools
 import os
 
@@ -121,3 +122,45 @@ def fake_report(accuracies, *, eps_values=(0.3, 0.5), worst=None, zero=0.0, quan
         zero_gradient_examples_percent=zero,
         zero_gradient_entries_percent=zero,
     )
+
+
+class CallLog:
+    """Batch sizes an attack was called on; raises once at call `fail_at`."""
+
+    def __init__(self, fail_at=None):
+        self.sizes = []
+        self.fail_at = fail_at
+
+    def __call__(self, x):
+        self.sizes.append(len(x))
+        if len(self.sizes) == self.fail_at:
+            raise RuntimeError("killed")
+        return x
+
+
+def logged(spec, log):
+    """Registry entry `spec` whose attack first records its batch in `log`."""
+    attack = spec.attack
+
+    def logged_attack(model_fn, x, y, **kwargs):
+        seen = tf.numpy_function(log, [x], tf.float32, stateful=True)
+        seen.set_shape(x.shape)
+        return attack(model_fn, seen, y, **kwargs)
+
+    logged_attack.__name__ = attack.__name__
+    return dataclasses.replace(spec, attack=logged_attack)
+
+
+def logged_registry(**logs):
+    """A registry of the named entries of `REGISTRY`, each logged in its `CallLog`."""
+    return evaluation.Registry([logged(evaluation.REGISTRY[n], log) for n, log in logs.items()])
+
+
+def without_timings(report):
+    """`report.to_json()` without the wall-clock fields."""
+    data = report.to_json()
+    for entry in data["attacks"].values():
+        for result in entry["results"].values():
+            result.pop("seconds")
+            result.pop("images_per_second")
+    return data

@@ -11,10 +11,28 @@ from tests.evaluation.fixtures import TOY
 from tests.evaluation.fixtures import shift_to_grey
 from tests.evaluation.fixtures import toy_kwargs
 
+SETTINGS = evaluation.AttackSettings()
+STRONG = (
+    "fgsm",
+    "pgd",
+    "pgd_cw",
+    "apgd_ce",
+    "apgd_dlr",
+    "square",
+    "transfer",
+    "bpda_identity",
+    "bpda_smooth",
+)
+DERIVED_BPDA = tuple(
+    f"bpda_{stand_in}:{name}"
+    for stand_in in ("identity", "smooth")
+    for name in ("fgsm", "pgd_cw", "apgd_ce", "apgd_dlr")
+)
+
 
 class ResolveTest(parameterized.TestCase):
-    def test_strong_preset_is_every_attack_in_suite_order(self):
-        self.assertEqual(evaluation.resolve_attacks(["strong"]), list(evaluation.ATTACKS))
+    def test_strong_preset_is_every_plain_attack_and_pgd_bpda_in_suite_order(self):
+        self.assertEqual(evaluation.resolve_attacks(["strong"]), list(STRONG))
         self.assertEqual(evaluation.resolve_attacks(["square", "fgsm", "fgsm"]), ["fgsm", "square"])
 
     def test_unknown_attack_lists_valid_names(self):
@@ -54,29 +72,20 @@ class ResolveTest(parameterized.TestCase):
 
 class RegistryTest(parameterized.TestCase):
     def test_names_presets_and_attack_sets(self):
-        self.assertEqual(
-            evaluation.ATTACKS,
-            (
-                "fgsm",
-                "pgd",
-                "pgd_cw",
-                "apgd_ce",
-                "apgd_dlr",
-                "square",
-                "transfer",
-                "bpda_identity",
-                "bpda_smooth",
-            ),
-        )
+        self.assertEqual(evaluation.ATTACKS, STRONG + DERIVED_BPDA)
         self.assertEqual(
             evaluation.PRESETS,
-            {"strong": evaluation.ATTACKS, "fast": ("fgsm", "pgd", "square")},
+            {
+                "strong": STRONG,
+                "fast": ("fgsm", "pgd", "square"),
+                "autoattack": ("apgd_ce", "square"),
+            },
         )
         self.assertEqual(
             evaluation.PLAIN_GRADIENT_ATTACKS, ("fgsm", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr")
         )
         self.assertEqual(evaluation.ITERATIVE_ATTACKS, ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr"))
-        self.assertEqual(evaluation.BPDA_ATTACKS, ("bpda_identity", "bpda_smooth"))
+        self.assertEqual(evaluation.BPDA_ATTACKS, ("bpda_identity", "bpda_smooth", *DERIVED_BPDA))
         self.assertEqual(registry.GRADIENT_FREE_ATTACKS, ("square",))
         self.assertEqual(registry.TRANSFER_ATTACKS, ("transfer",))
         doubling = evaluation.REGISTRY.names_where(lambda s: s.doubles)
@@ -156,7 +165,7 @@ class RegistryTest(parameterized.TestCase):
             extended.names_where(lambda s: s.kind == registry.GRADIENT_FREE),
             ("square", "toy_grey"),
         )
-        self.assertIn("toy_grey or presets (strong, fast, toy)", extended.help())
+        self.assertIn("toy_grey or presets (strong, fast, toy, autoattack (", extended.help())
         self.assertEqual(
             evaluation.attack_settings("toy_grey", 0.3, None, registry=extended),
             {"attack": "shift_to_grey", "toward": 0.5},
@@ -171,7 +180,7 @@ class RegistryTest(parameterized.TestCase):
         extended = evaluation.REGISTRY.extended(apgd_bpda)
         self.assertEqual(
             extended.names_where(lambda s: s.bpda),
-            ("bpda_identity", "bpda_smooth", "bpda_apgd_ce"),
+            ("bpda_identity", "bpda_smooth", *DERIVED_BPDA, "bpda_apgd_ce"),
         )
         self.assertNotIn("bpda_apgd_ce", extended.names_where(lambda s: s.plain_gradient))
         self.assertEqual(
@@ -199,6 +208,84 @@ class RegistryTest(parameterized.TestCase):
     def test_unknown_kind_is_rejected(self):
         with self.assertRaisesRegex(ValueError, "kind"):
             evaluation.AttackSpec("x", shift_to_grey, toy_kwargs, kind="physical")
+
+
+def _target(has_quantizer, keras_model=True):
+    return evaluation.Target(
+        model_fn=None,
+        path="x",
+        keras_model=object() if keras_model else None,
+        has_quantizer=has_quantizer,
+    )
+
+
+class BpdaNamingTest(parameterized.TestCase):
+    def test_every_gradient_attack_has_a_bpda_version_per_stand_in(self):
+        for stand_in in attacks.STAND_INS:
+            for name in evaluation.PLAIN_GRADIENT_ATTACKS:
+                bpda = evaluation.REGISTRY[evaluation.bpda_name(stand_in, name)]
+                plain = evaluation.REGISTRY[name]
+                self.assertEqual(bpda.model, registry.ThroughStandIn(stand_in))
+                self.assertIs(bpda.attack, plain.attack)
+                self.assertEqual(bpda.kwargs(0.3, SETTINGS), plain.kwargs(0.3, SETTINGS))
+
+    def test_pgd_bpda_keeps_its_published_names_through_an_alias(self):
+        self.assertEqual(
+            evaluation.resolve_attacks(["bpda_identity:pgd", "bpda_smooth:pgd"]),
+            ["bpda_identity", "bpda_smooth"],
+        )
+        self.assertEqual(evaluation.REGISTRY["bpda_smooth:pgd"].name, "bpda_smooth")
+        self.assertIn("bpda_identity:pgd, bpda_smooth:pgd: aliases", evaluation.REGISTRY.help())
+
+    def test_derived_entries_are_opt_in(self):
+        for preset in ("strong", "fast"):
+            self.assertNoCommonElements(evaluation.PRESETS[preset], DERIVED_BPDA)
+        self.assertEqual(
+            evaluation.resolve_attacks(["bpda_smooth:apgd_dlr", "fgsm"]),
+            ["fgsm", "bpda_smooth:apgd_dlr"],
+        )
+
+
+class AutoAttackPresetTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("quantized", _target(True), ["bpda_identity:apgd_ce", "square"]),
+        ("plain", _target(False), ["apgd_ce", "square"]),
+        ("quantized_saved_model", _target(True, keras_model=False), ["apgd_ce", "square"]),
+        ("unknown_target", None, ["apgd_ce", "square"]),
+    )
+    def test_members_depend_on_the_model(self, target, expected):
+        plan = evaluation.REGISTRY.plan(["autoattack"], SETTINGS, target=target)
+        self.assertEqual(plan.attacks, expected)
+        self.assertTrue(plan.worst_case_only)
+
+    def test_members_run_in_the_declared_order(self):
+        # Entries added later must keep AutoAttack's order (cheapest first).
+        self.assertEqual(
+            evaluation.resolve_attacks(["autoattack"]), list(registry.AUTOATTACK.members)
+        )
+        quantized = evaluation.resolve_attacks(["autoattack", "fgsm"], target=_target(True))
+        self.assertEqual(quantized, ["fgsm", "bpda_identity:apgd_ce", "square"])
+
+    def test_budgets_are_autoattacks_unless_given(self):
+        plan = evaluation.REGISTRY.plan(["autoattack"], SETTINGS)
+        self.assertEqual((plan.settings.square_queries, plan.settings.pgd_steps), (5000, 100))
+        self.assertEqual(plan.settings.square_p_init, 0.8)
+        given = evaluation.AttackSettings(square_queries=300, pgd_steps=7)
+        plan = evaluation.REGISTRY.plan(["autoattack"], given, explicit=["square_queries"])
+        self.assertEqual((plan.settings.square_queries, plan.settings.pgd_steps), (300, 100))
+
+    def test_other_presets_keep_the_settings_and_the_per_attack_mode(self):
+        plan = evaluation.REGISTRY.plan(["strong"], SETTINGS, target=_target(True))
+        self.assertEqual(plan, evaluation.AttackPlan(list(STRONG), SETTINGS, False))
+        self.assertTrue(evaluation.REGISTRY.plan(["fast"], SETTINGS, worst_case_only=True)[2])
+
+    def test_presets_that_disagree_on_a_default_are_refused(self):
+        other = registry.Preset("other", ("square",), defaults=(("square_queries", 10),))
+        extended = registry.Registry(
+            list(evaluation.REGISTRY), presets=[registry.AUTOATTACK, other]
+        )
+        with self.assertRaisesRegex(ValueError, "autoattack, other disagree on square_queries"):
+            extended.plan(["autoattack", "other"], SETTINGS)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class ReportTest(absltest.TestCase):
                 "attacks",
                 "skipped",
                 "settings",
+                "worst_case_only",
                 "worst_case_accuracy_by_eps",
                 "worst_case_accuracy",
                 "robust_examples",

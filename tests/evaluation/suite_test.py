@@ -1,8 +1,12 @@
 """Tests of sq_keras.evaluation.suite: the attack suite on tiny trained models."""
 
 import contextlib
+import dataclasses
 import io
+import os
 
+import numpy as np
+import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -10,10 +14,13 @@ from sq_keras import evaluation
 from sq_keras.evaluation import registry
 from tests.evaluation.fixtures import SMALL
 from tests.evaluation.fixtures import TOY
+from tests.evaluation.fixtures import CallLog
 from tests.evaluation.fixtures import examples
+from tests.evaluation.fixtures import logged_registry
 from tests.evaluation.fixtures import report_of
 from tests.evaluation.fixtures import target_of
 from tests.evaluation.fixtures import trained_model
+from tests.evaluation.fixtures import without_timings
 
 
 class EvaluateTest(parameterized.TestCase):
@@ -140,6 +147,105 @@ class EvaluateTest(parameterized.TestCase):
         self.assertLen(lines, 6)  # fgsm, pgd and the 2x-steps pgd: 2 batches each.
         self.assertTrue(lines[0].startswith("fgsm eps=0.1: batch 1/2 ("), lines)
         self.assertTrue(lines[-1].startswith("pgd_2x_steps eps=0.1: batch 2/2 ("), lines)
+
+
+def _fgsm_then_pgd(registry, num=30, **options):
+    """FGSM then PGD on the natural model at eps 0.1, one example per batch."""
+    images, labels = examples(num)
+    return evaluation.evaluate(
+        target_of(trained_model("natural")),
+        images,
+        labels,
+        attacks=["fgsm", "pgd"],
+        eps_values=[0.1],
+        settings=SMALL,
+        num_classes=10,
+        progress=False,
+        add_large_eps=False,
+        registry=registry,
+        **options,
+    )
+
+
+class CascadeTest(absltest.TestCase):
+    def test_cascade_worst_case_equals_per_attack_mode(self):
+        # One example per batch: each example's result depends on it alone.
+        fgsm, pgd = CallLog(), CallLog()
+        registry = logged_registry(fgsm=fgsm, pgd=pgd)
+        full = _fgsm_then_pgd(registry, batch_size=1)
+        del fgsm.sizes[:], pgd.sizes[:]
+        cascade = _fgsm_then_pgd(registry, batch_size=1, worst_case_only=True)
+        self.assertEqual(cascade.worst_case_accuracy_by_eps, full.worst_case_accuracy_by_eps)
+        self.assertEqual(cascade.robust_examples, full.robust_examples)
+        self.assertTrue(cascade.worst_case_only)
+        self.assertFalse(full.worst_case_only)
+        results = {n: cascade.attacks[n]["results"]["0.1"] for n in ("fgsm", "pgd")}
+        # Each attack ran only on the survivors of the earlier ones.
+        self.assertEqual(results["fgsm"]["attacked_examples"], round(full.clean_accuracy * 0.3))
+        self.assertEqual(len(fgsm.sizes), results["fgsm"]["attacked_examples"])
+        self.assertEqual(len(pgd.sizes), results["pgd"]["attacked_examples"])
+        self.assertLess(len(pgd.sizes), len(fgsm.sizes))
+        fgsm_alone = full.attacks["fgsm"]["results"]["0.1"]["robust_accuracy"]
+        self.assertEqual(results["fgsm"]["robust_accuracy"], fgsm_alone)
+        self.assertEqual(results["pgd"]["robust_accuracy"], cascade.worst_case_accuracy)
+        self.assertLess(cascade.worst_case_accuracy, fgsm_alone)
+        self.assertNotIn(evaluation.DOUBLED, cascade.attacks)
+        self.assertIsNone(cascade.checks["iterative_beats_single_step"]["passed"])
+        self.assertIn("robust after", evaluation.format_table(cascade))
+
+
+class ResumeTest(absltest.TestCase):
+    def test_killed_run_resumes_and_equals_an_uninterrupted_one(self):
+        directory = os.path.join(self.create_tempdir().full_path, "batches")
+        fgsm, pgd = CallLog(), CallLog(fail_at=2)  # Killed in PGD's 2nd batch.
+        registry = logged_registry(fgsm=fgsm, pgd=pgd)
+        options = {"num": 40, "batch_size": 10, "registry": registry}
+        with self.assertRaisesRegex(tf.errors.OpError, "killed"):
+            _fgsm_then_pgd(store=evaluation.BatchStore(directory), **options)
+        self.assertEqual((len(fgsm.sizes), len(pgd.sizes)), (4, 2))
+        resumed = _fgsm_then_pgd(store=evaluation.BatchStore(directory), **options)
+        # FGSM's 4 batches and PGD's first were read back; PGD's other 3 and
+        # the 2x-steps PGD's 4 ran.
+        self.assertEqual((len(fgsm.sizes), len(pgd.sizes)), (4, 2 + 3 + 4))
+        uninterrupted = _fgsm_then_pgd(**options)
+        self.assertEqual(without_timings(resumed), without_timings(uninterrupted))
+        for name, (images, predictions) in uninterrupted.examples["adversarial"].items():
+            np.testing.assert_array_equal(images, resumed.examples["adversarial"][name][0])
+            self.assertEqual(list(predictions), list(resumed.examples["adversarial"][name][1]))
+        del fgsm.sizes[:], pgd.sizes[:]
+        again = _fgsm_then_pgd(store=evaluation.BatchStore(directory), **options)
+        self.assertEqual((fgsm.sizes, pgd.sizes), ([], []))
+        self.assertEqual(again.to_json(), resumed.to_json())  # Timings included.
+
+    def test_other_settings_are_refused_with_the_differences(self):
+        directory = os.path.join(self.create_tempdir().full_path, "batches")
+        images, labels = examples(20)
+        run = {
+            "attacks": ["fgsm"],
+            "eps_values": [0.1],
+            "settings": SMALL,
+            "num_classes": 10,
+            "progress": False,
+            "add_large_eps": False,
+        }
+        target = target_of(trained_model("natural"))
+        evaluation.evaluate(target, images, labels, store=evaluation.BatchStore(directory), **run)
+        changed = {**run, "settings": dataclasses.replace(SMALL, seed=1), "batch_size": 10}
+        store = evaluation.BatchStore(directory, hint="use --overwrite")
+        with self.assertRaisesRegex(
+            evaluation.StoreMismatch,
+            r"settings.seed: 0 -> 1; batch_size: 250 -> 10\): use --overwrite",
+        ):
+            evaluation.evaluate(target, images, labels, store=store, **changed)
+        overwritten = evaluation.evaluate(
+            target,
+            images,
+            labels,
+            store=evaluation.BatchStore(directory, overwrite=True),
+            **changed,
+        )
+        self.assertEqual(overwritten.settings["seed"], 1)
+        self.assertLen([f for f in os.listdir(directory) if f.endswith(".npz")], 2)
 
 
 if __name__ == "__main__":
