@@ -156,13 +156,16 @@ class EvaluateAppTest(parameterized.TestCase):
         with open(output) as f:
             report = json.load(f)
         self.assertTrue(report["worst_case_only"])
-        self.assertEqual(list(report["attacks"]), ["bpda_identity:apgd_ce", "square"])
+        self.assertEqual(
+            list(report["attacks"]),
+            ["bpda_identity:apgd_ce", "bpda_identity:apgd_t", "bpda_identity:fab_t", "square"],
+        )
         square = report["attacks"]["square"]
         self.assertEqual(square["settings"]["max_queries"], 20)  # Given explicitly.
         self.assertEqual(square["results"]["0.3"]["robust_accuracy"], report["worst_case_accuracy"])
         self.assertLessEqual(
             square["results"]["0.3"]["attacked_examples"],
-            report["attacks"]["bpda_identity:apgd_ce"]["results"]["0.3"]["attacked_examples"],
+            report["attacks"]["bpda_identity:fab_t"]["results"]["0.3"]["attacked_examples"],
         )
         self.assertIn("robust after", first.stdout)
         self.assertIn("bpda_identity:apgd_ce eps=0.3: batch 2/", first.stdout)
@@ -174,7 +177,7 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertIn("--overwrite", refused.stderr)
         again = run_app(*flags)
         self.assertEqual(again.returncode, 0, again.stderr[-3000:])
-        for name in ("bpda_identity:apgd_ce", "square"):
+        for name in report["attacks"]:
             self.assertRegex(again.stdout, rf"{name} eps=0.3: (\d+)/\1 batches read from")
         self.assertNotIn("batch 1/", again.stdout)
         with open(output) as f:

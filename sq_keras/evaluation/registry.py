@@ -181,6 +181,17 @@ def apgd_kwargs(eps, settings, *, loss):
     return {"num_steps": settings.pgd_steps, "loss": loss, "seed": settings.seed}
 
 
+# AutoAttack's targeted attacks run against the wrong classes of the 9
+# largest clean logits (Croce and Hein 2020, section 5).
+NUM_TARGETS = 9
+
+
+def targeted_kwargs(eps, settings):
+    """APGD-T and FAB-T: `pgd_steps` steps per target, `NUM_TARGETS` targets."""
+    del eps
+    return {"num_steps": settings.pgd_steps, "num_targets": NUM_TARGETS, "seed": settings.seed}
+
+
 def square_kwargs(eps, settings):
     del eps
     return {
@@ -294,7 +305,13 @@ PLAIN_ENTRIES = (
     _pgd("pgd_cw", "margin", doubles=True),
     _apgd("ce"),
     _apgd("dlr"),
-    # APGD-T and FAB-T entries go here (before square, AutoAttack's order).
+    # Opt-in by name or through the `autoattack` preset.
+    AttackSpec(
+        "apgd_t", attacks.apgd_targeted, targeted_kwargs, GRADIENT, iterative=True, presets=()
+    ),
+    AttackSpec(
+        "fab_t", attacks.fab_targeted, targeted_kwargs, GRADIENT, iterative=True, presets=()
+    ),
     AttackSpec(
         "square",
         attacks.square,
@@ -356,7 +373,8 @@ AUTOATTACK = Preset(
     "autoattack",
     members=(
         "apgd_ce",
-        # "apgd_t" and "fab_t" go here once their registry entries exist.
+        "apgd_t",
+        "fab_t",
         "square",
     ),
     stand_in="identity",

@@ -26,8 +26,10 @@ STRONG = (
 DERIVED_BPDA = tuple(
     f"bpda_{stand_in}:{name}"
     for stand_in in ("identity", "smooth")
-    for name in ("fgsm", "pgd_cw", "apgd_ce", "apgd_dlr")
+    for name in ("fgsm", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
 )
+AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
+BPDA_AUTOATTACK = ["bpda_identity:apgd_ce", "bpda_identity:apgd_t", "bpda_identity:fab_t", "square"]
 
 
 class ResolveTest(parameterized.TestCase):
@@ -72,19 +74,23 @@ class ResolveTest(parameterized.TestCase):
 
 class RegistryTest(parameterized.TestCase):
     def test_names_presets_and_attack_sets(self):
-        self.assertEqual(evaluation.ATTACKS, STRONG + DERIVED_BPDA)
+        opt_in = ("apgd_t", "fab_t")
+        self.assertEqual(evaluation.ATTACKS, STRONG[:5] + opt_in + STRONG[5:] + DERIVED_BPDA)
         self.assertEqual(
             evaluation.PRESETS,
             {
                 "strong": STRONG,
                 "fast": ("fgsm", "pgd", "square"),
-                "autoattack": ("apgd_ce", "square"),
+                "autoattack": AUTOATTACK,
             },
         )
         self.assertEqual(
-            evaluation.PLAIN_GRADIENT_ATTACKS, ("fgsm", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr")
+            evaluation.PLAIN_GRADIENT_ATTACKS,
+            ("fgsm", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t"),
         )
-        self.assertEqual(evaluation.ITERATIVE_ATTACKS, ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr"))
+        self.assertEqual(
+            evaluation.ITERATIVE_ATTACKS, ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
+        )
         self.assertEqual(evaluation.BPDA_ATTACKS, ("bpda_identity", "bpda_smooth", *DERIVED_BPDA))
         self.assertEqual(registry.GRADIENT_FREE_ATTACKS, ("square",))
         self.assertEqual(registry.TRANSFER_ATTACKS, ("transfer",))
@@ -248,10 +254,10 @@ class BpdaNamingTest(parameterized.TestCase):
 
 class AutoAttackPresetTest(parameterized.TestCase):
     @parameterized.named_parameters(
-        ("quantized", _target(True), ["bpda_identity:apgd_ce", "square"]),
-        ("plain", _target(False), ["apgd_ce", "square"]),
-        ("quantized_saved_model", _target(True, keras_model=False), ["apgd_ce", "square"]),
-        ("unknown_target", None, ["apgd_ce", "square"]),
+        ("quantized", _target(True), BPDA_AUTOATTACK),
+        ("plain", _target(False), list(AUTOATTACK)),
+        ("quantized_saved_model", _target(True, keras_model=False), list(AUTOATTACK)),
+        ("unknown_target", None, list(AUTOATTACK)),
     )
     def test_members_depend_on_the_model(self, target, expected):
         plan = evaluation.REGISTRY.plan(["autoattack"], SETTINGS, target=target)
@@ -264,7 +270,7 @@ class AutoAttackPresetTest(parameterized.TestCase):
             evaluation.resolve_attacks(["autoattack"]), list(registry.AUTOATTACK.members)
         )
         quantized = evaluation.resolve_attacks(["autoattack", "fgsm"], target=_target(True))
-        self.assertEqual(quantized, ["fgsm", "bpda_identity:apgd_ce", "square"])
+        self.assertEqual(quantized, ["fgsm", *BPDA_AUTOATTACK])
 
     def test_budgets_are_autoattacks_unless_given(self):
         plan = evaluation.REGISTRY.plan(["autoattack"], SETTINGS)
