@@ -22,6 +22,7 @@ Asserted: the two robust accuracies are within `TOLERANCE` points, so ours
 is never weaker than ART's by more than that.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import sys
@@ -52,12 +53,20 @@ TOLERANCE = 1.5  # Percentage points.
 TARGETED = ("apgd_t", "fab_t")
 
 
-def _allow_art_autoattack_without_multiprocess():
+@contextlib.contextmanager
+def _without_multiprocess():
     """ART 1.20.1's `AutoAttack.generate` imports `multiprocess` on every call
     but uses it only with `parallel_pool_size > 0`; without the package, an
-    empty module stands in (this test runs ART's attacks in-process)."""
-    if importlib.util.find_spec("multiprocess") is None:
-        sys.modules.setdefault("multiprocess", types.ModuleType("multiprocess"))
+    empty module stands in during the call (this test runs ART's attacks
+    in-process), and is removed afterwards."""
+    if importlib.util.find_spec("multiprocess") is not None:
+        yield
+        return
+    sys.modules["multiprocess"] = types.ModuleType("multiprocess")
+    try:
+        yield
+    finally:
+        sys.modules.pop("multiprocess", None)
 
 
 def _few_targets(eps, settings):
@@ -130,7 +139,6 @@ class TopTargetsAPGD(EvasionAttack):
 
 def art_autoattack(model, images, labels):
     """ART's AutoAttack with the closest attacks; returns the adversarial images."""
-    _allow_art_autoattack_without_multiprocess()
     np.random.seed(0)  # ART draws its random starts and squares from numpy.
     classifier = TensorFlowV2Classifier(
         model=model,
@@ -167,7 +175,8 @@ def art_autoattack(model, images, labels):
     autoattack = AutoAttack(
         classifier, norm=np.inf, eps=EPS, attacks=chosen, batch_size=NUM_EXAMPLES
     )
-    return autoattack.generate(images, y=labels)
+    with _without_multiprocess():
+        return autoattack.generate(images, y=labels)
 
 
 class AutoAttackCrossCheckTest(absltest.TestCase):
