@@ -6,20 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from sq_keras import training
-
-
-def _config(model_dir, **kwargs):
-    defaults = dict(
-        epochs=1,
-        train_examples=1000,
-        batch_size=100,
-        grad_examples=64,
-        seed=0,
-        model_dir=model_dir,
-        export_dir=None,
-        mixed_precision="float32",
-    )
-    return training.TrainConfig(**{**defaults, **kwargs})
+from tests.training.fixtures import small_config as _config
 
 
 class TrainConfigTest(parameterized.TestCase):

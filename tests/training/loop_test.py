@@ -17,20 +17,7 @@ from sq_keras import provenance
 from sq_keras import training
 from sq_keras.data import datasets
 from tests.testing_utils import write_fake_dataset
-
-
-def _config(model_dir, **kwargs):
-    defaults = dict(
-        epochs=1,
-        train_examples=1000,
-        batch_size=100,
-        grad_examples=64,
-        seed=0,
-        model_dir=model_dir,
-        export_dir=None,
-        mixed_precision="float32",
-    )
-    return training.TrainConfig(**{**defaults, **kwargs})
+from tests.training.fixtures import small_config as _config
 
 
 def _scalars(model_dir):
