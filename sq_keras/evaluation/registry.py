@@ -22,7 +22,7 @@ stand-in on a model with a quantizer, with AutoAttack's budgets, as a cascade:
 from sq_keras.evaluation import registry
 
 plan = registry.REGISTRY.plan(["autoattack"], registry.AttackSettings(), target=target)
-plan.attacks          # ["bpda_identity:apgd_ce", "square"] on a quantized model
+plan.attacks          # ["bpda_identity:apgd_ce", ..., "square"] on a quantized model
 plan.settings.square_queries, plan.worst_case_only          # 5000, True
 ```
 """
@@ -32,6 +32,10 @@ import functools
 import typing
 
 from sq_keras import attacks
+from sq_keras.evaluation.presets import AUTOATTACK  # noqa: F401 (re-exported)
+from sq_keras.evaluation.presets import PRESET_TABLE
+from sq_keras.evaluation.presets import STRONG  # noqa: F401 (re-exported)
+from sq_keras.evaluation.presets import Preset  # noqa: F401 (re-exported)
 
 GRADIENT = "gradient"  # White-box: gradients of the model it runs on.
 GRADIENT_FREE = "gradient_free"  # Only the target's outputs.
@@ -338,52 +342,11 @@ ENTRIES = (
 )
 
 
-# ---------------------------------------------------------------------------
-# Presets with their own members per model and their own setting defaults.
+class _ModelKind(typing.NamedTuple):
+    """Stands for a `Target` of one kind where only its kind matters."""
 
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A preset beyond the entries' `presets` memberships.
-
-    Attributes:
-        name: Name in `--attacks`.
-        members: Plain entry names, in suite order.
-        stand_in: On a model with a quantizer, the gradient members run
-            through this BPDA stand-in instead (None: always plain).
-        defaults: `(field, value)` pairs of `AttackSettings` this preset
-            runs with unless the caller sets the field explicitly.
-        worst_case_only: Always run as a cascade.
-        description: One line for the `--attacks` help.
-    """
-
-    name: str
-    members: tuple
-    stand_in: str = None
-    defaults: tuple = ()
-    worst_case_only: bool = False
-    description: str = ""
-
-
-# Croce and Hein 2020, "Reliable evaluation of adversarial robustness with an
-# ensemble of diverse parameter-free attacks", section 5: APGD-CE (100
-# iterations, 1 restart), APGD-T, FAB-T, Square (5000 queries, p_init 0.8),
-# each run only on the examples the earlier ones failed on.
-AUTOATTACK = Preset(
-    "autoattack",
-    members=(
-        "apgd_ce",
-        "apgd_t",
-        "fab_t",
-        "square",
-    ),
-    stand_in="identity",
-    defaults=(("pgd_steps", 100), ("square_queries", 5000), ("square_p_init", 0.8)),
-    worst_case_only=True,
-    description="AutoAttack's cascade, through BPDA on a quantized model",
-)
-
-PRESET_TABLE = (AUTOATTACK,)
+    has_quantizer: bool
+    keras_model: object = True
 
 
 class AttackPlan(typing.NamedTuple):
@@ -437,7 +400,23 @@ class Registry:
         the `Preset`s (their members as on a model without a quantizer)."""
         order = dict.fromkeys(p for spec in self for p in spec.presets)
         derived = {p: tuple(s.name for s in self if p in s.presets) for p in order}
-        return {**derived, **{name: p.members for name, p in self._presets.items()}}
+        return {**derived, **{name: self._plain_members(name) for name in self._presets}}
+
+    def _plain_members(self, name):
+        """Members of `Preset` `name` in suite order, as on a model without a
+        quantizer."""
+        names = {member for _, member in self._expand(self._presets[name])}
+        return tuple(spec.name for spec in self if spec.name in names)
+
+    def _expand(self, preset):
+        """`(preset, entry name)` of every member of `preset`: its own, the
+        entries naming it in `presets`, and those of the presets it includes
+        (each paired with the preset that resolves it)."""
+        requested = [(preset, member) for member in preset.members]
+        requested += [(None, spec.name) for spec in self if preset.name in spec.presets]
+        for name in preset.includes:
+            requested += self._expand(self._presets[name])
+        return requested
 
     def names_where(self, predicate):
         """Names of the entries for which `predicate(spec)` holds."""
@@ -480,8 +459,7 @@ class Registry:
         requested = []
         for name in (name.strip() for name in names):
             if name in self._presets:
-                preset = self._presets[name]
-                requested += [(preset, member) for member in preset.members]
+                requested += self._expand(self._presets[name])
             elif name in presets:
                 requested += [(None, member) for member in presets[name]]
             elif name in self:
@@ -505,12 +483,25 @@ class Registry:
         Raises:
             ValueError: An unknown name; the message lists the valid ones.
         """
+        chosen = self._ordered(names, target)
+        return sorted(chosen, key=chosen.get)
+
+    def columns(self, names):
+        """Every attack `names` runs on a model with a quantizer or on one
+        without, in suite order: the report columns of several models."""
+        chosen = {}
+        for has_quantizer in (True, False):
+            chosen.update(self._ordered(names, _ModelKind(has_quantizer)))
+        return sorted(chosen, key=chosen.get)
+
+    def _ordered(self, names, target):
+        """`{resolved name: sort key}` of `names` on `target`."""
         position = {name: i for i, name in enumerate(self.names)}
         chosen = {}
         for preset, name in self._requested(names):
             resolved = self._member(preset, name, target)
             chosen[resolved] = (position[name], resolved != name)
-        return sorted(chosen, key=chosen.get)
+        return chosen
 
     def requested_presets(self, names):
         """The `Preset`s named in `names`."""

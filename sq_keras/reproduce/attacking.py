@@ -6,7 +6,7 @@ attacks nothing twice) and scores the reference after each epoch (cached in
 dicts written to disk.
 
 ```python
-suite = Suite(dataset="mnist", runs_dir="runs/reproduce", attacks=resolve_attacks(["strong"]),
+suite = Suite(dataset="mnist", runs_dir="runs/reproduce", attacks=["strong"],
               settings=DEFAULT_SETTINGS, source=None, eval_policy="float32", log=print)
 report = attack_variant(suite, variant, load_split("mnist", "test", num_examples=1000),
                         eps_values=[0.3])
@@ -37,8 +37,13 @@ eps_key = evaluation.eps_key
 
 
 def resolve_attacks(attacks):
-    """Attack names of the suite, presets expanded, in suite order."""
-    return evaluation.resolve_attacks(list(attacks))
+    """Every attack the suite runs on some variant, presets expanded for a
+    model with a quantizer and for one without, in suite order.
+
+    Raises:
+        ValueError: An unknown name; the message lists the valid ones.
+    """
+    return evaluation.REGISTRY.columns(list(attacks))
 
 
 def table_columns(attack_names):
@@ -86,7 +91,8 @@ class Suite:
         dataset: Dataset name (sets the number of classes).
         runs_dir: One run directory per variant; reports go to its
             `evaluation/` folder.
-        attacks: Resolved attack names.
+        attacks: Attack names or presets, resolved against each attacked
+            model (a preset's BPDA members run on quantized variants only).
         settings: `evaluation.AttackSettings` of the suite.
         source: Target of the transfer attack (None: no transfer source).
         eval_policy: Dtype policy the attacked models are rebuilt in.
@@ -129,7 +135,7 @@ def attack_variant(
         target,
         examples.images,
         examples.labels,
-        attacks=suite.attacks,
+        attacks=evaluation.resolve_attacks(suite.attacks, target=target),
         eps_values=eps_values,
         settings=suite.settings,
         source=suite.source if variant.name != REFERENCE else None,

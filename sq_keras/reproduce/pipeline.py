@@ -134,7 +134,7 @@ def run(
         return None
     costs = time_steps(variants, workspace, steps=timing_steps, repeats=timing_repeats)
     source_name = REFERENCE if REFERENCE in trained else variants[0].name
-    suite = workspace.suite(attacks=attack_names, settings=settings, source_name=source_name)
+    suite = workspace.suite(attacks=list(attacks), settings=settings, source_name=source_name)
     test = load_split(dataset, "test", num_examples=num_examples, data_dir=data_dir)
     holdout = select_on_holdout(
         suite, variants, train_examples, holdout_examples, eps=eps_values[0], data_dir=data_dir

@@ -18,6 +18,8 @@ STRONG = (
     "pgd_cw",
     "apgd_ce",
     "apgd_dlr",
+    "apgd_t",
+    "fab_t",
     "square",
     "transfer",
     "bpda_identity",
@@ -34,6 +36,7 @@ BPDA_AUTOATTACK = ["bpda_identity:apgd_ce", "bpda_identity:apgd_t", "bpda_identi
 
 class ResolveTest(parameterized.TestCase):
     def test_strong_preset_is_every_plain_attack_and_pgd_bpda_in_suite_order(self):
+        # On a model without a quantizer (or an unknown one).
         self.assertEqual(evaluation.resolve_attacks(["strong"]), list(STRONG))
         self.assertEqual(evaluation.resolve_attacks(["square", "fgsm", "fgsm"]), ["fgsm", "square"])
 
@@ -74,8 +77,7 @@ class ResolveTest(parameterized.TestCase):
 
 class RegistryTest(parameterized.TestCase):
     def test_names_presets_and_attack_sets(self):
-        opt_in = ("apgd_t", "fab_t")
-        self.assertEqual(evaluation.ATTACKS, STRONG[:5] + opt_in + STRONG[5:] + DERIVED_BPDA)
+        self.assertEqual(evaluation.ATTACKS, STRONG + DERIVED_BPDA)
         self.assertEqual(
             evaluation.PRESETS,
             {
@@ -89,7 +91,8 @@ class RegistryTest(parameterized.TestCase):
             ("fgsm", "pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t"),
         )
         self.assertEqual(
-            evaluation.ITERATIVE_ATTACKS, ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
+            evaluation.ITERATIVE_ATTACKS,
+            ("pgd", "pgd_cw", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t"),
         )
         self.assertEqual(evaluation.BPDA_ATTACKS, ("bpda_identity", "bpda_smooth", *DERIVED_BPDA))
         self.assertEqual(registry.GRADIENT_FREE_ATTACKS, ("square",))
@@ -171,7 +174,8 @@ class RegistryTest(parameterized.TestCase):
             extended.names_where(lambda s: s.kind == registry.GRADIENT_FREE),
             ("square", "toy_grey"),
         )
-        self.assertIn("toy_grey or presets (strong, fast, toy, autoattack (", extended.help())
+        self.assertIn("toy_grey or presets (strong (autoattack + ", extended.help())
+        self.assertIn("), fast, toy, autoattack (", extended.help())
         self.assertEqual(
             evaluation.attack_settings("toy_grey", 0.3, None, registry=extended),
             {"attack": "shift_to_grey", "toward": 0.5},
@@ -281,9 +285,53 @@ class AutoAttackPresetTest(parameterized.TestCase):
         self.assertEqual((plan.settings.square_queries, plan.settings.pgd_steps), (300, 100))
 
     def test_other_presets_keep_the_settings_and_the_per_attack_mode(self):
-        plan = evaluation.REGISTRY.plan(["strong"], SETTINGS, target=_target(True))
-        self.assertEqual(plan, evaluation.AttackPlan(list(STRONG), SETTINGS, False))
+        plan = evaluation.REGISTRY.plan(["fast"], SETTINGS, target=_target(True))
+        self.assertEqual(plan, evaluation.AttackPlan(["fgsm", "pgd", "square"], SETTINGS, False))
         self.assertTrue(evaluation.REGISTRY.plan(["fast"], SETTINGS, worst_case_only=True)[2])
+
+
+class StrongPresetTest(parameterized.TestCase):
+    def test_on_a_quantized_model_adds_autoattacks_bpda_members_to_plain_gradients(self):
+        plan = evaluation.REGISTRY.plan(["strong"], SETTINGS, target=_target(True))
+        # The plain gradient attacks stay, for the masking checks; AutoAttack's
+        # gradient attacks run through the identity stand-in instead.
+        expected = [
+            "fgsm",
+            "pgd",
+            "pgd_cw",
+            "apgd_ce",
+            "bpda_identity:apgd_ce",
+            "apgd_dlr",
+            "bpda_identity:apgd_t",
+            "bpda_identity:fab_t",
+            "square",
+            "transfer",
+            "bpda_identity",
+            "bpda_smooth",
+        ]
+        self.assertEqual(plan.attacks, expected)
+        self.assertFalse(plan.worst_case_only)
+
+    def test_on_a_plain_model_is_autoattack_plus_the_rest(self):
+        plan = evaluation.REGISTRY.plan(["strong"], SETTINGS, target=_target(False))
+        self.assertEqual(plan.attacks, list(STRONG))
+        self.assertTrue(set(AUTOATTACK) <= set(plan.attacks))
+
+    def test_budgets_are_autoattacks_with_pgd_restarts_unless_given(self):
+        plan = evaluation.REGISTRY.plan(["strong"], SETTINGS)
+        self.assertEqual(
+            (plan.settings.pgd_steps, plan.settings.restarts, plan.settings.square_queries),
+            (100, 5, 5000),
+        )
+        given = evaluation.AttackSettings(restarts=2, pgd_steps=7)
+        plan = evaluation.REGISTRY.plan(["strong", "autoattack"], given, explicit=["restarts"])
+        self.assertEqual((plan.settings.restarts, plan.settings.pgd_steps), (2, 100))
+        self.assertTrue(plan.worst_case_only)
+
+    def test_entries_naming_strong_join_it(self):
+        extended = evaluation.REGISTRY.extended(TOY)
+        self.assertIn("toy_grey", extended.presets["strong"])
+        self.assertIn("toy_grey", extended.resolve(["strong"], target=_target(True)))
 
     def test_presets_that_disagree_on_a_default_are_refused(self):
         other = registry.Preset("other", ("square",), defaults=(("square_queries", 10),))

@@ -34,6 +34,22 @@ class AttackingTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, "Unknown attack"):
             attacking.resolve_attacks(["nope"])
 
+    def test_columns_hold_both_kinds_of_model(self):
+        # The autoattack members run plain on a variant without a quantizer
+        # and through BPDA on one with it: the table has a column for each.
+        self.assertEqual(
+            attacking.resolve_attacks(["autoattack"]),
+            [
+                "apgd_ce",
+                "bpda_identity:apgd_ce",
+                "apgd_t",
+                "bpda_identity:apgd_t",
+                "fab_t",
+                "bpda_identity:fab_t",
+                "square",
+            ],
+        )
+
     def test_first_examples_keep_the_split(self):
         examples = attacking.Examples("train[0:5]", np.arange(5.0), np.arange(5))
         first = examples.first(2)
