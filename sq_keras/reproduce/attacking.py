@@ -1,8 +1,8 @@
 """The comparison's only door into `sq_keras.evaluation`.
 
 Attacks one variant with the suite (cached by its report file, so a rerun
-attacks nothing twice) and scores the reference after each epoch (cached in
-`curve.json`). Everything else in the package reads the reports as the JSON
+attacks nothing twice) and scores a run after each epoch (cached in
+`curve.json` or `holdout_curve.json`). Everything else in the package reads the reports as the JSON
 dicts written to disk.
 
 ```python
@@ -150,19 +150,27 @@ def _epoch_weights(run_dir, epoch):
     weights = training.epoch_weights_path(run_dir, epoch)
     if not os.path.exists(weights):
         raise ValueError(
-            f"{weights} is missing: the {REFERENCE} run was trained without "
+            f"{weights} is missing: the run in {run_dir} was trained without "
             "keep_epoch_weights. Retrain it in a fresh runs directory."
         )
     return weights
 
 
+def curve_attacks(target):
+    """`CURVE_ATTACKS` as they run on `target`: through the identity BPDA
+    stand-in where it has a quantizer (its own gradients are masked)."""
+    if not target.has_quantizer:
+        return list(CURVE_ATTACKS)
+    return [evaluation.bpda_name("identity", name) for name in CURVE_ATTACKS]
+
+
 def _score(target, examples, *, dataset, eps, settings):
-    """Clean and worst-case robust accuracy under `CURVE_ATTACKS` at `eps`."""
+    """Clean and worst-case robust accuracy under `curve_attacks` at `eps`."""
     report = evaluation.evaluate(
         target,
         examples.images,
         examples.labels,
-        attacks=list(CURVE_ATTACKS),
+        attacks=curve_attacks(target),
         eps_values=[eps],
         settings=settings,
         num_classes=data.get_info(dataset).num_classes,
@@ -172,14 +180,16 @@ def _score(target, examples, *, dataset, eps, settings):
     return report.clean_accuracy, report.worst_case_accuracy
 
 
-def reference_curve(run_dir, history, examples, *, dataset, eps, settings, eval_policy, log):
-    """Robust accuracy of the reference after each epoch, with training time.
+def robustness_curve(
+    run_dir, history, examples, *, dataset, eps, settings, eval_policy, log, filename="curve.json"
+):
+    """Robust accuracy of a run after each epoch, with training time.
 
-    Scored with `CURVE_ATTACKS` on the weights `keep_epoch_weights` saved;
-    cached in the run's `evaluation/curve.json`.
+    Scored with `curve_attacks` on the weights `keep_epoch_weights` saved;
+    cached in the run's `evaluation/<filename>`.
 
     Args:
-        run_dir: The reference's run directory.
+        run_dir: The run directory.
         history: Its per-epoch training records (`history.json`).
         examples: `Examples` to attack.
         dataset: Dataset name.
@@ -187,18 +197,20 @@ def reference_curve(run_dir, history, examples, *, dataset, eps, settings, eval_
         settings: `evaluation.AttackSettings`.
         eval_policy: Dtype policy the model is rebuilt in.
         log: Callable taking one line of progress text.
+        filename: Cache file name in the run's `evaluation/` folder.
 
     Returns:
-        `{"attacks", "eps", "points"}`, one point per epoch with its
+        `{"attacks", "eps", "split", "points"}`, one point per epoch with its
         cumulative training seconds, clean and robust accuracy.
 
     Raises:
         ValueError: The run kept no per-epoch weights.
     """
-    path = os.path.join(run_dir, "evaluation", "curve.json")
+    path = os.path.join(run_dir, "evaluation", filename)
     if os.path.exists(path):
         return jsonio.read_json(path)
-    log(f"== {REFERENCE}: robustness after each of {len(history)} epochs")
+    name = os.path.basename(os.path.normpath(run_dir))
+    log(f"== {name}: robustness after each of {len(history)} epochs ({examples.split})")
     target = load_run(run_dir, policy=eval_policy)
     points, elapsed = [], 0.0
     for record in history:
@@ -214,6 +226,11 @@ def reference_curve(run_dir, history, examples, *, dataset, eps, settings, eval_
             }
         )
         log(f"  epoch {record['epoch']}: robust accuracy {robust:.2f}")
-    curve = {"attacks": list(CURVE_ATTACKS), "eps": eps, "points": points}
+    curve = {
+        "attacks": curve_attacks(target),
+        "eps": eps,
+        "split": examples.split,
+        "points": points,
+    }
     jsonio.write_json(path, curve)
     return curve

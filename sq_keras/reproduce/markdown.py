@@ -1,8 +1,8 @@
 """The comparison as a Markdown table, with the notes that explain it.
 
 Parts, in order: a provenance line, the table (header, then one line per
-row), the recipe selection, the reference's curve, the notes on timing and
-the list of variants.
+row), the recipe selection, the reference's curve, the held-out curves, the
+notes on timing and the list of variants.
 """
 
 from sq_keras.reproduce.variants import REFERENCE
@@ -115,12 +115,37 @@ def _curve_lines(curve):
     ]
 
 
+def _holdout_curve_lines(curves, rows):
+    """One line per run: held-out robustness after each epoch and the
+    speed-up to reach its final value."""
+    first = next(iter(curves.values()))
+    lines = [
+        "",
+        f"Held-out robust accuracy after each epoch ({' / '.join(first['attacks'])}, worst "
+        f"case, `{first['split']}`); speed-up to reach: the training cost `{REFERENCE}` "
+        "needs to first reach the run's final held-out value, over the cost the run "
+        "needs to first reach it.",
+        "",
+    ]
+    by_name = {r["name"]: r for r in rows}
+    for name, curve in curves.items():
+        points = ", ".join(f"{p['epoch']}: {p['robust_accuracy']:.1f}" for p in curve["points"])
+        line = f"- `{name}`: {points}"
+        if "holdout_speedup_to_reach_vs_pgd_at" in by_name.get(name, {}):
+            reach = by_name[name]["holdout_speedup_to_reach_vs_pgd_at"]
+            line += "; " + ("pgd_at never as robust" if reach is None else f"{reach:.1f}x")
+        lines.append(line)
+    return lines
+
+
 def _variant_line(row):
     flags = "".join(f" --{k}={v}" for k, v in row["settings"].items())
     return f"- `{row['name']}`: {row['note']} (`--method={row['method']}`{flags})"
 
 
-def markdown(rows, columns, eps, *, selection=None, curve=None, provenance=None):
+def markdown(
+    rows, columns, eps, *, selection=None, curve=None, provenance=None, holdout_curves=None
+):
     """The Markdown page of the comparison.
 
     Args:
@@ -130,6 +155,7 @@ def markdown(rows, columns, eps, *, selection=None, curve=None, provenance=None)
         selection: The held-out selection record, or None.
         curve: The reference's curve, or None.
         provenance: A first line saying how the table was made, or None.
+        holdout_curves: `{name: held-out curve}`, or None.
 
     Returns:
         The page, ending in a newline.
@@ -141,6 +167,8 @@ def markdown(rows, columns, eps, *, selection=None, curve=None, provenance=None)
         lines += _selection_lines(selection)
     if curve:
         lines += _curve_lines(curve)
+    if holdout_curves:
+        lines += _holdout_curve_lines(holdout_curves, rows)
     lines += ["", _TIMING_NOTE, "", "Variants:", ""]
     lines += [_variant_line(r) for r in rows]
     return "\n".join(lines) + "\n"

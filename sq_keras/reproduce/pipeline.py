@@ -15,6 +15,7 @@ from sq_keras.reproduce.markdown import provenance_line
 from sq_keras.reproduce.stages import Workspace
 from sq_keras.reproduce.stages import attack_tested
 from sq_keras.reproduce.stages import choose_tested
+from sq_keras.reproduce.stages import measure_holdout_curves
 from sq_keras.reproduce.stages import measure_reference
 from sq_keras.reproduce.stages import select_on_holdout
 from sq_keras.reproduce.stages import time_steps
@@ -53,6 +54,7 @@ def _write_outputs(payload, *, output_dir, columns):
         payload["eps"],
         selection=payload["selection"],
         curve=payload["reference_curve"],
+        holdout_curves=payload.get("holdout_curves"),
         provenance=provenance_line(payload),
     )
     with open(os.path.join(output_dir, f"{dataset}.md"), "w") as f:
@@ -109,7 +111,9 @@ def run(
             `train_examples` (never trained on) and select the candidate
             with the best worst case there.
         curve_examples: Test images scoring the reference after each epoch
-            (default: `num_examples`); 0 skips the curve.
+            (default: `num_examples`); 0 skips the curves, this one and the
+            held-out ones (the reference and every candidate after each
+            epoch, on the held-out images).
         timing_steps: Steps per variant and repeat of the round-robin timing
             of the train steps, which sets the cost ratios.
         timing_repeats: Repeats of that timing (the median is kept).
@@ -136,17 +140,31 @@ def run(
     source_name = REFERENCE if REFERENCE in trained else variants[0].name
     suite = workspace.suite(attacks=list(attacks), settings=settings, source_name=source_name)
     test = load_split(dataset, "test", num_examples=num_examples, data_dir=data_dir)
+    eps = float(eps_values[0])
     holdout = select_on_holdout(
-        suite, variants, train_examples, holdout_examples, eps=eps_values[0], data_dir=data_dir
+        suite, variants, train_examples, holdout_examples, eps=eps, data_dir=data_dir
+    )
+    curves = measure_holdout_curves(
+        suite,
+        trained,
+        variants,
+        holdout if curve_examples != 0 else None,
+        eps=eps,
+        data_dir=data_dir,
     )
     tested = choose_tested(variants, holdout, test_unselected=test_unselected)
     reports = attack_tested(suite, tested, test, eps_values=eps_values)
-    eps = float(eps_values[0])
     reference = measure_reference(
         suite, trained, costs, test, eps=eps, curve_examples=curve_examples
     )
     rows = build_rows(
-        variants, trained, costs, reports=reports, reference=reference, holdout=holdout
+        variants,
+        trained,
+        costs,
+        reports=reports,
+        reference=reference,
+        holdout=holdout,
+        holdout_curves=curves,
     )
     os.makedirs(output_dir, exist_ok=True)
     files = write_figures(rows, output_dir, dataset)
@@ -166,6 +184,7 @@ def run(
         "environment": provenance.environment(),
         "selection": _selection(variants, holdout, tested),
         "reference_curve": reference.curve if reference is not None else None,
+        "holdout_curves": curves,
         "rows": rows,
         "figures": files,
     }

@@ -3,6 +3,7 @@
 `run` calls them in order: `train_all` (resuming runs), `time_steps` (the
 round-robin step timing that sets the cost ratios), `select_on_holdout` and
 `choose_tested` (the recipe selection on held-out training images),
+`measure_holdout_curves` (robustness after each epoch there),
 `attack_tested` (the suite on the test set) and `measure_reference` (the
 reference's costs and its robustness after each epoch).
 """
@@ -19,7 +20,7 @@ from sq_keras.reproduce.attacking import Suite
 from sq_keras.reproduce.attacking import attack_variant
 from sq_keras.reproduce.attacking import load_run
 from sq_keras.reproduce.attacking import load_split
-from sq_keras.reproduce.attacking import reference_curve
+from sq_keras.reproduce.attacking import robustness_curve
 from sq_keras.reproduce.variants import REFERENCE
 
 
@@ -86,9 +87,9 @@ def _train_one(variant, workspace, *, epochs, seed, train_examples):
         export_dir=None,
         data_dir=workspace.data_dir,
         mixed_precision=workspace.policy,
-        # The reference's robustness after each epoch sets the speed-up to
-        # reach a given robustness.
-        keep_epoch_weights=variant.name == REFERENCE,
+        # Robustness after each epoch (the reference's and the candidates')
+        # sets the cost to reach a given robustness.
+        keep_epoch_weights=variant.name == REFERENCE or variant.candidate,
         **variant.settings,
     )
     workspace.log(f"== {variant.name}: training ({variant.method}, {epochs} epochs)")
@@ -284,7 +285,7 @@ class Reference:
     Attributes:
         seconds_per_epoch: Median wall-clock epoch of its training run.
         seconds_per_step: Its round-robin step time.
-        curve: Its robustness after each epoch (`reference_curve`),
+        curve: Its robustness after each epoch (`robustness_curve`),
             or None when skipped.
     """
 
@@ -312,7 +313,7 @@ def measure_reference(suite, trained, costs, examples, *, eps, curve_examples):
     curve = None
     if curve_examples is None or curve_examples > 0:
         count = len(examples.labels) if curve_examples is None else curve_examples
-        curve = reference_curve(
+        curve = robustness_curve(
             os.path.join(suite.runs_dir, REFERENCE),
             history,
             examples.first(count),
@@ -327,3 +328,41 @@ def measure_reference(suite, trained, costs, examples, *, eps, curve_examples):
         seconds_per_step=costs.seconds_per_step[REFERENCE],
         curve=curve,
     )
+
+
+def measure_holdout_curves(suite, trained, variants, holdout, *, eps, data_dir):
+    """Robustness after each epoch on the held-out images (cached per run).
+
+    For every candidate and the reference, so that the cost to reach a
+    robustness level compares on images none of them trained on.
+
+    Args:
+        suite: The `Suite`.
+        trained: `{name: TrainedRun}`.
+        variants: Every `Variant`.
+        holdout: The `Holdout` (None: no curves).
+        eps: The radius.
+        data_dir: Local dataset directory.
+
+    Returns:
+        `{name: curve}` as `robustness_curve` returns them, in variant order.
+    """
+    if holdout is None:
+        return {}
+    examples = load_split(suite.dataset, holdout.split, data_dir=data_dir)
+    names = [v.name for v in variants if v.candidate or v.name == REFERENCE]
+    return {
+        name: robustness_curve(
+            os.path.join(suite.runs_dir, name),
+            trained[name].history,
+            examples,
+            dataset=suite.dataset,
+            eps=eps,
+            settings=suite.settings,
+            eval_policy=suite.eval_policy,
+            log=suite.log,
+            filename="holdout_curve.json",
+        )
+        for name in names
+        if name in trained
+    }

@@ -3,12 +3,15 @@
 A row carries the variant's training cost, its test-set robustness (when it
 was attacked there), its held-out numbers (when it was a candidate) and its
 speed-ups against the reference: per epoch, from the round-robin step times,
-and to reach its own robustness, from the reference's curve.
+and to reach its own robustness, from the reference's curve; candidates also
+carry their robustness after each epoch on the held-out images and the
+speed-up to reach it there.
 """
 
 import statistics
 
 from sq_keras.reproduce.attacking import eps_key
+from sq_keras.reproduce.variants import REFERENCE
 
 
 def epochs_to_reach(curve, accuracy):
@@ -85,7 +88,37 @@ def _speedup_to_reach(reference, *, worst_case, epochs, step_seconds):
     }
 
 
-def row(variant, trained, *, step_seconds, report=None, reference=None, holdout=None):
+def _holdout_reach(curve, reference_curve, *, step_seconds, reference_step_seconds):
+    # On the held-out images: the epochs this variant needs to first reach
+    # the robustness it ends with, and those the reference needs to reach
+    # it; the speed-up is the ratio of their training costs.
+    final = curve["points"][-1]["robust_accuracy"] if curve["points"] else None
+    own = epochs_to_reach(curve, final) if final is not None else None
+    cells = {
+        "holdout_curve": [p["robust_accuracy"] for p in curve["points"]],
+        "holdout_epochs_to_reach": own,
+    }
+    if reference_curve is None:
+        return cells
+    reach = epochs_to_reach(reference_curve, final) if final is not None else None
+    cells["holdout_pgd_at_epochs_to_reach"] = reach
+    cells["holdout_speedup_to_reach_vs_pgd_at"] = (
+        reach * reference_step_seconds / (own * step_seconds) if reach and own else None
+    )
+    return cells
+
+
+def row(
+    variant,
+    trained,
+    *,
+    step_seconds,
+    report=None,
+    reference=None,
+    holdout=None,
+    holdout_curve=None,
+    reference_holdout_curve=None,
+):
     """One variant's row.
 
     Args:
@@ -95,6 +128,9 @@ def row(variant, trained, *, step_seconds, report=None, reference=None, holdout=
         report: Its test-set report (None: not attacked on the test set).
         reference: The `stages.Reference` (None: no speed-ups).
         holdout: Its held-out report (None: not a candidate).
+        holdout_curve: Its robustness after each epoch on the held-out
+            images (None: not measured).
+        reference_holdout_curve: The reference's, on the same images.
 
     Returns:
         The row dict, keys in the order the JSON records them.
@@ -109,6 +145,15 @@ def row(variant, trained, *, step_seconds, report=None, reference=None, holdout=
     if holdout is not None:
         cells["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
         cells["holdout_clean_accuracy"] = holdout["clean_accuracy"]
+    if holdout_curve is not None:
+        cells.update(
+            _holdout_reach(
+                holdout_curve,
+                reference_holdout_curve,
+                step_seconds=step_seconds,
+                reference_step_seconds=reference.seconds_per_step if reference else None,
+            )
+        )
     if reference is not None:
         cells.update(_speedups_per_epoch(reference, step_seconds=step_seconds, per_epoch=per_epoch))
         if reference.curve is not None and report is not None:
@@ -123,7 +168,7 @@ def row(variant, trained, *, step_seconds, report=None, reference=None, holdout=
     return cells
 
 
-def build_rows(variants, trained, costs, *, reports, reference, holdout):
+def build_rows(variants, trained, costs, *, reports, reference, holdout, holdout_curves=None):
     """The rows of every variant, in order.
 
     Args:
@@ -133,8 +178,10 @@ def build_rows(variants, trained, costs, *, reports, reference, holdout):
         reports: `{name: test report}` of the tested variants.
         reference: The `stages.Reference` or None.
         holdout: The `stages.Holdout` or None.
+        holdout_curves: `{name: held-out curve}` (`stages.measure_holdout_curves`).
     """
     held = holdout.reports if holdout is not None else {}
+    curves = holdout_curves or {}
     return [
         row(
             v,
@@ -143,6 +190,8 @@ def build_rows(variants, trained, costs, *, reports, reference, holdout):
             report=reports.get(v.name),
             reference=reference,
             holdout=held.get(v.name),
+            holdout_curve=curves.get(v.name),
+            reference_holdout_curve=curves.get(REFERENCE) if v.name != REFERENCE else None,
         )
         for v in variants
     ]

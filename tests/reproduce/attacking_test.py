@@ -85,7 +85,7 @@ class AttackingTest(absltest.TestCase):
         curve = {"attacks": list(reproduce.CURVE_ATTACKS), "eps": 0.3, "points": []}
         jsonio.write_json(os.path.join(run_dir, "evaluation", "curve.json"), curve)
         lines = []
-        got = attacking.reference_curve(
+        got = attacking.robustness_curve(
             run_dir,
             [{"epoch": 1, "seconds": 1.0}],
             None,

@@ -109,6 +109,27 @@ class MarkdownTest(absltest.TestCase):
             page,
         )
 
+    def test_holdout_curves(self):
+        curve = {
+            "attacks": ["bpda_identity:apgd_ce", "bpda_identity:apgd_dlr"],
+            "split": "train[50000:50500]",
+            "points": [{"epoch": 1, "robust_accuracy": 70.0}, {"epoch": 2, "robust_accuracy": 88}],
+        }
+        row = make_row("sq")
+        row["holdout_speedup_to_reach_vs_pgd_at"] = 12.34
+        never = make_row("other")
+        never["holdout_speedup_to_reach_vs_pgd_at"] = None
+        page = markdown.markdown(
+            [row, never], ["pgd"], 0.3, holdout_curves={"sq": curve, "other": curve}
+        )
+        self.assertIn(
+            "Held-out robust accuracy after each epoch (bpda_identity:apgd_ce / "
+            "bpda_identity:apgd_dlr, worst case, `train[50000:50500]`)",
+            page,
+        )
+        self.assertIn("- `sq`: 1: 70.0, 2: 88.0; 12.3x\n", page)
+        self.assertIn("- `other`: 1: 70.0, 2: 88.0; pgd_at never as robust\n", page)
+
     def test_variant_lines_spell_the_flags(self):
         row = make_row("sq", method="sq_fgsm", settings={"adv_fraction": 0.5, "noise": "sign"})
         page = markdown.markdown([row], ["pgd"], 0.3)

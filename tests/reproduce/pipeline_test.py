@@ -98,8 +98,8 @@ class ReproduceTest(parameterized.TestCase):
         seconds = [p["train_seconds"] for p in curve["points"]]
         self.assertLess(seconds[0], seconds[1])
         self.assertAlmostEqual(seconds[1], rows["pgd_at"]["total_train_seconds"], places=6)
-        self.assertTrue(os.path.exists(os.path.join(runs, "pgd_at", "epochs")))
-        self.assertFalse(os.path.exists(os.path.join(runs, "natural", "epochs")))
+        for name in ("pgd_at", "natural", "sq_noisy_sign"):
+            self.assertTrue(os.path.exists(os.path.join(runs, name, "epochs")), name)
         ref_step = rows["pgd_at"]["seconds_per_step"]
         for r in rows.values():
             reach = reproduce.epochs_to_reach(curve, r["worst_case_accuracy"])
@@ -109,6 +109,29 @@ class ReproduceTest(parameterized.TestCase):
                     r["speedup_to_reach_vs_pgd_at"],
                     reach * ref_step / (r["epochs"] * r["seconds_per_step"]),
                 )
+
+        # The candidates and the reference are also scored after each epoch on
+        # the held-out images; the quantized one through the BPDA stand-in.
+        curves = payload["holdout_curves"]
+        self.assertEqual(list(curves), ["natural", "sq_noisy_sign", "pgd_at"])
+        for name, held_curve in curves.items():
+            self.assertEqual(held_curve["split"], "train[600:640]")
+            self.assertEqual([p["epoch"] for p in held_curve["points"]], [1, 2], name)
+        self.assertEqual(curves["natural"]["attacks"], ["apgd_ce", "apgd_dlr"])
+        self.assertEqual(
+            curves["sq_noisy_sign"]["attacks"],
+            ["bpda_identity:apgd_ce", "bpda_identity:apgd_dlr"],
+        )
+        for name in ("natural", "sq_noisy_sign"):
+            final = curves[name]["points"][-1]["robust_accuracy"]
+            own = reproduce.epochs_to_reach(curves[name], final)
+            reach = reproduce.epochs_to_reach(curves["pgd_at"], final)
+            self.assertEqual(rows[name]["holdout_epochs_to_reach"], own)
+            self.assertEqual(rows[name]["holdout_pgd_at_epochs_to_reach"], reach)
+            expected = reach * ref_step / (own * rows[name]["seconds_per_step"]) if reach else None
+            self.assertAlmostEqual(rows[name]["holdout_speedup_to_reach_vs_pgd_at"], expected)
+        self.assertNotIn("holdout_speedup_to_reach_vs_pgd_at", rows["pgd_at"])
+
         with open(os.path.join(runs, "step_costs.json")) as f:
             self.assertEqual(
                 json.load(f)["seconds_per_step"]["natural"], rows["natural"]["seconds_per_step"]
@@ -119,6 +142,8 @@ class ReproduceTest(parameterized.TestCase):
         self.assertIn("| sq_noisy_sign |", table)
         self.assertIn("held-out worst case", table)
         self.assertIn(f"selected: `{selection['selected']}`", table)
+        self.assertIn("Held-out robust accuracy after each epoch", table)
+        self.assertIn("- `sq_noisy_sign`: 1: ", table)
         self.assertEqual(set(payload["figures"]), {"tradeoff", "sweep", "grad_l1"})
         for figure in payload["figures"].values():
             self.assertGreater(os.path.getsize(figure), 1000)

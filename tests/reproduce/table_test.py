@@ -180,5 +180,44 @@ class RowTest(absltest.TestCase):
         self.assertNotIn("holdout_worst_case_accuracy", rows[1])
 
 
+class HoldoutCurveTest(absltest.TestCase):
+    def test_speedup_to_reach_the_final_held_out_value(self):
+        reference = stages.Reference(seconds_per_epoch=44.0, seconds_per_step=0.04, curve=None)
+        own = {
+            "points": [
+                {"epoch": 1, "robust_accuracy": 70.0},
+                {"epoch": 2, "robust_accuracy": 79.5},
+                {"epoch": 3, "robust_accuracy": 79.0},
+            ]
+        }
+        cells = table.row(
+            reproduce.Variant("a", "sq_fgsm", candidate=True),
+            trained_run(),
+            step_seconds=0.002,
+            reference=reference,
+            holdout_curve=own,
+            reference_holdout_curve=CURVE,
+        )
+        self.assertEqual(cells["holdout_curve"], [70.0, 79.5, 79.0])
+        # It ends at 79.0, first reached after epoch 2; pgd_at reaches it
+        # after epoch 2 too, at 20x the cost per step.
+        self.assertEqual(cells["holdout_epochs_to_reach"], 2)
+        self.assertEqual(cells["holdout_pgd_at_epochs_to_reach"], 2)
+        self.assertAlmostEqual(cells["holdout_speedup_to_reach_vs_pgd_at"], 20.0)
+
+    def test_never_reached_by_the_reference(self):
+        own = {"points": [{"epoch": 1, "robust_accuracy": 90.0}]}
+        cells = table.row(
+            reproduce.Variant("a", "sq_fgsm", candidate=True),
+            trained_run(seconds=(10.0,), epochs=1),
+            step_seconds=0.002,
+            reference=stages.Reference(44.0, 0.04, None),
+            holdout_curve=own,
+            reference_holdout_curve=CURVE,
+        )
+        self.assertIsNone(cells["holdout_pgd_at_epochs_to_reach"])
+        self.assertIsNone(cells["holdout_speedup_to_reach_vs_pgd_at"])
+
+
 if __name__ == "__main__":
     absltest.main()
