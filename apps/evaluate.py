@@ -131,7 +131,7 @@ _INTER_OP_THREADS = flags.DEFINE_integer(
     1,
     "TensorFlow inter-op threads (0: TensorFlow's default, one per core). An attack is a chain "
     "of dependent ops; on 2 CPU cores one inter-op thread was as fast or up to 1.3x faster "
-    "(README, Attack speed).",
+    "(docs/evaluation.md, Attack speed).",
 )
 
 

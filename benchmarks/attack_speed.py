@@ -217,7 +217,7 @@ def _speedups(rows):
 def _in_subprocesses(count):
     """Runs the benchmark in `count` fresh processes, one after another.
 
-    The machine's speed drifts over minutes (README, Attack speed); every
+    The machine's speed drifts over minutes (docs/evaluation.md, Attack speed); every
     process times all implementations round-robin, so each one's speed-up is
     a paired measurement, and the spread over processes shows how far one
     run is from the typical one.

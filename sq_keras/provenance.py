@@ -25,11 +25,16 @@ import sq_keras
 
 
 def git_commit():
-    """The commit of the checkout sq_keras runs from, or None outside git."""
+    """The commit of the checkout sq_keras runs from, or None.
+
+    None outside git, and for an installed copy: a site-packages that lies
+    inside some repository (a virtual environment in a checkout) holds code
+    that is not that repository's commit.
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -37,7 +42,13 @@ def git_commit():
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2:
+        return None
+    toplevel, commit = lines
+    if os.path.realpath(toplevel) != os.path.realpath(root):
+        return None
+    return commit
 
 
 def machine_description():

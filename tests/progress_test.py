@@ -29,7 +29,9 @@ class ProgressTest(absltest.TestCase):
         stream = io.StringIO()
         list(progress.items(iter("ab"), "epoch", stream=stream, unit="step"))
         lines = stream.getvalue().splitlines()
-        self.assertEqual([line.split(" (")[0] for line in lines], ["epoch: step 1", "epoch: step 2"])
+        self.assertEqual(
+            [line.split(" (")[0] for line in lines], ["epoch: step 1", "epoch: step 2"]
+        )
         self.assertNotIn("ETA", stream.getvalue())
 
     def test_a_terminal_gets_a_redrawn_bar(self):

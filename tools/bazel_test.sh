@@ -5,7 +5,7 @@
 # missing, points the Python toolchain at the interpreter where requirements.txt
 # was installed, and passes SQ_KERAS_DATA_DIR to the tests. Extra arguments go
 # to `bazel test` (e.g. `tools/bazel_test.sh //:layers_test`); with none it
-# runs //... . See the Bazel section of README.md.
+# runs //... . See the Bazel section of docs/architecture.md.
 #
 # Environment:
 #   PYTHON_BIN_PATH    interpreter for the tests (default: `python`/`python3`

@@ -124,16 +124,25 @@ def _log_start(run, log):
     )
 
 
+def _epoch_title(config, epoch, alpha):
+    """`Epoch 3/10`, with the quantizer's alpha when the method has one."""
+    title = f"Epoch {epoch}/{config.epochs}"
+    if METHODS[config.method].quantizer:
+        title += f" (alpha {alpha:.3g})"
+    return title
+
+
 class _ProgressBar:
-    """Keras's progress bar over one epoch's steps, on a terminal only.
+    """Keras's progress bar over one epoch's steps, under its title, on a terminal only.
 
     A redrawn bar would write carriage returns and escape codes into a log
-    file; there the per-epoch log lines are the output.
+    file; there the one summary line per epoch is the output.
     """
 
-    def __init__(self, steps):
+    def __init__(self, steps, title):
         self._bar = None
         if progress.is_terminal():
+            print(title, flush=True)
             self._bar = keras.utils.Progbar(
                 steps, stateful_metrics=["loss", "accuracy"], unit_name="step", interval=0.1
             )
@@ -164,13 +173,13 @@ def _divergence_error(loss, epoch, step_index, latest_checkpoint):
     )
 
 
-def _run_steps(run, epoch):
+def _run_steps(run, epoch, title):
     """Trains one epoch; returns `(loss_sum, correct, seen)` over its examples.
 
     Raises:
         TrainingError: The loss became NaN or infinite.
     """
-    bar = _ProgressBar(run.steps_per_epoch)
+    bar = _ProgressBar(run.steps_per_epoch, title)
     loss_sum = correct = seen = 0.0
     dataset = run.strategy.experimental_distribute_dataset(
         run.source.train_batches(epoch, run.drop_remainder)
@@ -189,15 +198,12 @@ def _run_steps(run, epoch):
     return loss_sum, correct, seen
 
 
-def _train_epoch(run, epoch, log):
+def _train_epoch(run, epoch):
     """Sets the epoch's alpha and trains; returns the epoch's record so far."""
-    config = run.config
-    alpha = alpha_at(config, epoch)
+    alpha = alpha_at(run.config, epoch)
     layers.set_alpha(run.model, alpha)
-    quantized = METHODS[config.method].quantizer
-    log(f"Epoch {epoch + 1}/{config.epochs}" + (f" (alpha {alpha:.3g})" if quantized else ""))
     start = time.perf_counter()
-    loss_sum, correct, seen = _run_steps(run, epoch)
+    loss_sum, correct, seen = _run_steps(run, epoch, _epoch_title(run.config, epoch + 1, alpha))
     seconds = time.perf_counter() - start
     return {
         "epoch": epoch + 1,
@@ -245,9 +251,11 @@ def _record_epoch(run, record):
     run.save_manager.save(checkpoint_number=record["epoch"])
 
 
-def _log_epoch(record, log):
+def _log_epoch(config, record, log):
+    """One plain line per epoch, the same on a terminal and in a log file."""
     log(
-        f"  {record['seconds']:.1f}s  train loss {record['train_loss']:.4f}  "
+        f"{_epoch_title(config, record['epoch'], record.get('alpha'))}: "
+        f"{record['seconds']:.1f}s  train loss {record['train_loss']:.4f}  "
         f"train acc {record['train_accuracy']:.4f}  test acc {record['test_accuracy']:.4f}  "
         f"grad_l1 {record['grad_l1']:.4g}  zero-grad {record['grad_zero_fraction']:.1%}"
     )
@@ -347,9 +355,9 @@ def train(config, *, log=_log, strategy=None):
     writer = tf.summary.create_file_writer(run.run_dir.logs_dir)
     _log_start(run, log)
     for epoch in range(first_epoch, run.config.epochs):
-        record = _train_epoch(run, epoch, log)
+        record = _train_epoch(run, epoch)
         _measure(run, record)
         _write_summaries(writer, record, run.model)
         _record_epoch(run, record)
-        _log_epoch(record, log)
+        _log_epoch(run.config, record, log)
     return _finish(run, first_epoch, log)

@@ -187,7 +187,7 @@ def main(argv):
     if problems:
         print(
             f"BUILD check: {len(problems)} problem(s); fix BUILD "
-            "(see 'When you add a file' in README.md)",
+            "(see 'When you add a file' in docs/architecture.md)",
             file=sys.stderr,
         )
         return 1
