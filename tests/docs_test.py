@@ -19,9 +19,6 @@ DOCS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md"))
 PAGES = [README, *DOCS, "results/README.md", "saved_models/README.md"]
 MAX_README_LINES = 220
 
-# Written beside these pages; until it lands, links to it are not checked.
-_PAGES_IN_PROGRESS = {"docs/keras.md"}
-
 _SHELL_BLOCKS = ("sh", "bash", "shell", "console")
 _SHELL_OPERATORS = re.compile(r"^(\||\|\||&&|;|[0-9]?>>?.*|<.*)$")
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -155,10 +152,6 @@ class LinksTest(absltest.TestCase):
                 resolved = (
                     os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
                 )
-                if resolved in _PAGES_IN_PROGRESS and not os.path.exists(
-                    os.path.join(ROOT, resolved)
-                ):
-                    continue
                 with self.subTest(page=page, link=target):
                     checked += 1
                     self.assertTrue(os.path.exists(os.path.join(ROOT, resolved)), resolved)

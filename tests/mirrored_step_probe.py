@@ -4,8 +4,11 @@
 both ways and prints JSON with both losses and the largest weight difference;
 `python tests/mirrored_step_probe.py attack` runs FGSM and PGD from
 `sq_keras.evaluation` both ways on a briefly trained model and prints the
-robust accuracies. Run as a script: the logical devices must be set before
-TensorFlow starts.
+robust accuracies; `python tests/mirrored_step_probe.py robust_fit METHOD`
+runs `sq_keras.RobustModel.fit` of METHOD for one step both ways and prints
+both losses, the largest weight difference and, under the mirrored strategy,
+the farthest crafted example from its clean one. Run as a script: the
+logical devices must be set before TensorFlow starts.
 """
 
 import json
@@ -69,6 +72,47 @@ def compare_attacks():
     print(json.dumps(results))
 
 
+def _small_cnn():
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 5, strides=2, activation="relu")(inputs)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x))
+
+
+def robust_fit(strategy, images, labels, method):
+    """One `RobustModel.fit` step under `strategy`: loss, weights, farthest crafted pixel."""
+    import sq_keras
+
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = sq_keras.RobustModel(_small_cnn(), method=method, eps=0.3, add_quantizer=True)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    crafted = model.craft(images, labels, seed=0)
+    history = model.fit(images, labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0)
+    weights = [v.numpy() for v in model.trainable_variables]
+    return history.history["loss"][0], weights, float(np.abs(crafted - images).max())
+
+
+def compare_robust_fit(images, labels, method):
+    default = distribute.make_strategy("default")
+    single_loss, single_w, _ = robust_fit(default, images, labels, method)
+    mirrored = distribute.make_strategy("mirrored")
+    mirrored_loss, mirrored_w, distance = robust_fit(mirrored, images, labels, method)
+    print(
+        json.dumps(
+            {
+                "replicas": mirrored.num_replicas_in_sync,
+                "single_loss": single_loss,
+                "mirrored_loss": mirrored_loss,
+                "max_weight_diff": max(
+                    float(np.abs(a - b).max()) for a, b in zip(single_w, mirrored_w)
+                ),
+                "max_crafted_distance": distance,
+            }
+        )
+    )
+
+
 def main():
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -78,6 +122,9 @@ def main():
         return
     raw, labels = data.load_arrays("mnist", "train[:64]")
     images = raw.astype(np.float32) / 255.0
+    if method == "robust_fit":
+        compare_robust_fit(images, labels, sys.argv[2])
+        return
     single_loss, single_n, single_w, change = one_step(
         distribute.make_strategy("default"), images, labels, method
     )

@@ -3,20 +3,97 @@
 A step builder takes `(model, optimizer, config, strategy)` and returns
 `step(images, labels) -> (loss_sum, num_correct, num_examples)`, summed over
 replicas. Every builder differs only in the per-example loss it hands to
-`_train_step`; the gradient update, the loss scaling under mixed precision
-and the reduction over replicas are shared.
+`_train_step`; the gradient update (`apply_update`: the loss scaling under
+mixed precision and the scaling by the global batch) and the reduction over
+replicas are shared.
+
+Each kind's per-example loss is an `Objective` built by `OBJECTIVES[kind]`
+from `(model, optimizer, config)`: the examples it trains on (`craft`: the
+clean batch, or adversarial examples) and their loss. `sq_keras.RobustModel`
+runs the same objectives inside `keras.Model.fit`.
 
 ```python
 step = STEP_BUILDERS["fgsm_rs"](model, optimizer, config, strategy)
 loss_sum, correct, n = step(images, labels)
+
+objective = OBJECTIVES["fgsm_rs"](model, optimizer, config)
+x_train = objective.craft(images, labels, seed)      # inside the eps-ball
+per_example, logits = objective.loss(x_train, labels)
 ```
 """
+
+import dataclasses
+import typing
 
 import tensorflow as tf
 
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What one kind of step minimises.
+
+    Attributes:
+        craft: `(images, labels, seed) -> images`: the examples the step
+            trains on, gradient-stopped (the batch itself, or adversarial
+            examples crafted on the current model). `seed` is an int64
+            scalar tensor for stateless randomness.
+        loss: `(images, labels) -> (per_example_losses, logits)` on the
+            crafted examples, differentiable in the model's weights.
+    """
+
+    craft: typing.Callable
+    loss: typing.Callable
+
+    def compute_loss(self, images, labels, seed):
+        """`loss(craft(images, labels, seed), labels)`."""
+        return self.loss(self.craft(images, labels, seed), labels)
+
+
+def step_seed(optimizer):
+    """An int64 seed distinct per optimizer step and per replica.
+
+    Called in a replica context (under `strategy.run`, or anywhere under the
+    default strategy).
+    """
+    context = tf.distribute.get_replica_context()
+    return tf.cast(optimizer.iterations, tf.int64) * 1024 + tf.cast(
+        context.replica_id_in_sync_group, tf.int64
+    )
+
+
+def apply_update(model, optimizer, compute_loss, images, labels):
+    """One replica's gradient step on the global batch mean of `compute_loss`.
+
+    Each replica scales its summed loss by the global batch size, so that
+    gradients summed over replicas are those of the global batch mean; under
+    `mixed_float16` the optimizer's `scale_loss` scales it further (and
+    `apply_gradients` unscales). Called in a replica context.
+
+    Args:
+        model: The trained `keras.Model`.
+        optimizer: Its `keras.optimizers.Optimizer`.
+        compute_loss: `(images, labels, seed) -> (per_example_losses, logits)`.
+        images: This replica's images.
+        labels: This replica's int labels.
+
+    Returns:
+        `(per_example_losses, logits)` of this replica's examples.
+    """
+    context = tf.distribute.get_replica_context()
+    seed = step_seed(optimizer)
+    local_n = tf.shape(labels)[0]
+    global_n = context.all_reduce("SUM", local_n)
+    with tf.GradientTape() as tape:
+        per_example, logits = compute_loss(images, labels, seed)
+        loss = tf.reduce_sum(per_example) / tf.cast(global_n, tf.float32)
+        scaled = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return per_example, logits
 
 
 def _train_step(model, optimizer, compute_loss, strategy):
@@ -34,21 +111,10 @@ def _train_step(model, optimizer, compute_loss, strategy):
     """
 
     def replica_step(images, labels):
-        context = tf.distribute.get_replica_context()
-        seed = tf.cast(optimizer.iterations, tf.int64) * 1024 + tf.cast(
-            context.replica_id_in_sync_group, tf.int64
-        )
-        local_n = tf.shape(labels)[0]
-        global_n = context.all_reduce("SUM", local_n)
-        with tf.GradientTape() as tape:
-            per_example, logits = compute_loss(images, labels, seed)
-            loss = tf.reduce_sum(per_example) / tf.cast(global_n, tf.float32)
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        per_example, logits = apply_update(model, optimizer, compute_loss, images, labels)
         predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int32))
-        return tf.reduce_sum(per_example), correct, local_n
+        return tf.reduce_sum(per_example), correct, tf.shape(labels)[0]
 
     @tf.function(jit_compile=False, reduce_retracing=True)
     def step(images, labels):
@@ -62,16 +128,32 @@ def _cross_entropy(labels, logits):
     return attacks.cross_entropy_loss(tf.cast(logits, tf.float32), labels)
 
 
-def build_standard_step(model, optimizer, config, strategy):
-    """Cross-entropy on the batch as it comes from the pipeline."""
-    del config
+def _clean(images, labels, seed):
+    """The `craft` of objectives that train on the batch as it comes."""
+    del labels, seed
+    return images
 
-    def compute_loss(images, labels, seed):
-        del seed
+
+def _cross_entropy_loss(model):
+    """`loss(images, labels)`: the model's cross-entropy in training mode."""
+
+    def loss(images, labels):
         logits = model(images, training=True)
         return _cross_entropy(labels, logits), logits
 
-    return _train_step(model, optimizer, compute_loss, strategy)
+    return loss
+
+
+def standard_objective(model, optimizer, config):
+    """Cross-entropy on the batch as it comes from the pipeline."""
+    del optimizer, config
+    return Objective(craft=_clean, loss=_cross_entropy_loss(model))
+
+
+def build_standard_step(model, optimizer, config, strategy):
+    """Cross-entropy on the batch as it comes from the pipeline."""
+    objective = standard_objective(model, optimizer, config)
+    return _train_step(model, optimizer, objective.compute_loss, strategy)
 
 
 def _attack_model_fn(model, config):
@@ -94,7 +176,7 @@ def _attack_radius(config, optimizer, step_size):
     return config.eps * ramp, step_size * ramp
 
 
-def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, step_size):
+def adversarial_objective(model, optimizer, config, *, num_steps, step_size):
     """Cross-entropy on l-inf PGD examples (random start) crafted every step.
 
     With `config.adv_fraction < 1` only the first part of each batch is
@@ -102,7 +184,7 @@ def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, st
     """
     model_fn = _attack_model_fn(model, config)
 
-    def compute_loss(images, labels, seed):
+    def craft(images, labels, seed):
         batch = tf.cast(tf.shape(images)[0], tf.float32)
         n_adv = tf.cast(tf.math.ceil(config.adv_fraction * batch), tf.int32)
         eps, size = _attack_radius(config, optimizer, step_size)
@@ -124,22 +206,33 @@ def _build_adversarial_step(model, optimizer, config, strategy, *, num_steps, st
             scale=config.noise_scale,
             seed=tf.stack([tf.constant(config.seed, tf.int64), seed]),
         )
-        logits = model(tf.concat([x_adv, rest], axis=0), training=True)
-        return _cross_entropy(labels, logits), logits
+        return tf.concat([x_adv, rest], axis=0)
 
-    return _train_step(model, optimizer, compute_loss, strategy)
+    return Objective(craft=craft, loss=_cross_entropy_loss(model))
+
+
+def pgd_objective(model, optimizer, config):
+    """PGD adversarial training (Madry et al. 2018)."""
+    return adversarial_objective(
+        model, optimizer, config, num_steps=config.pgd_steps, step_size=config.pgd_step_size
+    )
+
+
+def fgsm_rs_objective(model, optimizer, config):
+    """One signed-gradient step of `config.fgsm_step_size` from a random start.
+
+    Wong, Rice and Kolter 2020, "Fast is better than free". Through the
+    quantizer's BPDA stand-in when the model has one.
+    """
+    return adversarial_objective(
+        model, optimizer, config, num_steps=1, step_size=config.fgsm_step_size
+    )
 
 
 def build_pgd_step(model, optimizer, config, strategy):
     """PGD adversarial training (Madry et al. 2018)."""
-    return _build_adversarial_step(
-        model,
-        optimizer,
-        config,
-        strategy,
-        num_steps=config.pgd_steps,
-        step_size=config.pgd_step_size,
-    )
+    objective = pgd_objective(model, optimizer, config)
+    return _train_step(model, optimizer, objective.compute_loss, strategy)
 
 
 def build_fgsm_rs_step(model, optimizer, config, strategy):
@@ -148,27 +241,32 @@ def build_fgsm_rs_step(model, optimizer, config, strategy):
     Wong, Rice and Kolter 2020, "Fast is better than free". Through the
     quantizer's BPDA stand-in when the model has one.
     """
-    return _build_adversarial_step(
-        model, optimizer, config, strategy, num_steps=1, step_size=config.fgsm_step_size
-    )
+    objective = fgsm_rs_objective(model, optimizer, config)
+    return _train_step(model, optimizer, objective.compute_loss, strategy)
 
 
-def build_gradnorm_step(model, optimizer, config, strategy):
+def gradnorm_objective(model, optimizer, config):
     """The first-order objective computed directly by double backpropagation.
 
     `CE + weight * eps * ||grad_x CE(x, y)||_1` per example, the linearisation
     of `max_{||d||_inf <= eps} L(x + d)` that the soft-quantization method
     minimises implicitly (Zheng, Chen and Ren, arXiv 1810.05665).
     """
+    del optimizer
 
-    def compute_loss(images, labels, seed):
-        del seed
-        loss, logits, _ = gradnorm_loss(
+    def loss(images, labels):
+        per_example, logits, _ = gradnorm_loss(
             model, images, labels, eps=config.eps, weight=config.gradnorm_weight
         )
-        return loss, logits
+        return per_example, logits
 
-    return _train_step(model, optimizer, compute_loss, strategy)
+    return Objective(craft=_clean, loss=loss)
+
+
+def build_gradnorm_step(model, optimizer, config, strategy):
+    """The gradient-norm penalty of `gradnorm_objective`, by double backprop."""
+    objective = gradnorm_objective(model, optimizer, config)
+    return _train_step(model, optimizer, objective.compute_loss, strategy)
 
 
 def gradnorm_loss(model, images, labels, *, eps, weight, training=True):
@@ -185,6 +283,15 @@ def gradnorm_loss(model, images, labels, *, eps, weight, training=True):
     l1 = tf.cast(l1, per_example.dtype)
     return per_example + weight * eps * l1, logits, l1
 
+
+# The per-example objective of each step kind that has one, by the same keys
+# as `STEP_BUILDERS`: what `sq_keras.RobustModel` trains with.
+OBJECTIVES = {
+    "standard": standard_objective,
+    "pgd": pgd_objective,
+    "fgsm_rs": fgsm_rs_objective,
+    "gradnorm": gradnorm_objective,
+}
 
 STEP_BUILDERS = {
     "standard": build_standard_step,

@@ -21,7 +21,7 @@ import re
 import sys
 
 FIRST_PARTY = ("sq_keras", "apps", "tests")
-SOURCE_DIRS = ("sq_keras", "apps", "tests", "benchmarks")
+SOURCE_DIRS = ("sq_keras", "apps", "tests", "benchmarks", "examples")
 
 
 def read_build(root):
@@ -69,7 +69,28 @@ def module_files(root, module):
     return [c for c in candidates if os.path.exists(os.path.join(root, c))]
 
 
-def imported_modules(root, src):
+def lazy_exports(root):
+    """`{"sq_keras.Name": "sq_keras.module"}` of `_LAZY_EXPORTS` in sq_keras/__init__.py.
+
+    The package loads these names on first use (`importlib`), so a file that
+    uses `sq_keras.Name` needs the module's target although it imports only
+    `sq_keras`.
+    """
+    path = os.path.join(root, "sq_keras", "__init__.py")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "_LAZY_EXPORTS" for t in node.targets
+        ):
+            exports = ast.literal_eval(node.value)
+            return {f"sq_keras.{name}": module for name, (module, _) in exports.items()}
+    return {}
+
+
+def imported_modules(root, src, lazy=None):
     with open(os.path.join(root, src)) as f:
         tree = ast.parse(f.read(), src)
     found = set()
@@ -80,6 +101,9 @@ def imported_modules(root, src):
             found.add(node.module)
             # `from pkg import mod` may import a submodule.
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            found.add(f"{node.value.id}.{node.attr}")  # e.g. sq_keras.RobustModel
+    found = {(lazy or {}).get(m, m) for m in found}
     return {m for m in found if m.split(".")[0] in FIRST_PARTY}
 
 
@@ -92,6 +116,7 @@ def run_module_targets(root, src):
 
 def check(root):
     targets = read_build(root)
+    lazy = lazy_exports(root)
     problems = []
     owner = {}
     for name, attrs in targets.items():
@@ -149,7 +174,7 @@ def check(root):
                 problems.append(f"//:{name}: source {src} does not exist")
                 continue
             reported = set()
-            for module in sorted(imported_modules(root, src)):
+            for module in sorted(imported_modules(root, src, lazy)):
                 files = module_files(root, module)
                 if not files:
                     continue  # e.g. `from pkg import name` where name is not a module

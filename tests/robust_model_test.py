@@ -1,0 +1,289 @@
+"""Tests for sq_keras.RobustModel: robust training of a user's model with `fit`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import sq_keras
+from sq_keras import data
+from sq_keras import layers
+from sq_keras import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mnist(split, n):
+    images, labels = data.load_arrays("mnist", f"{split}[:{n}]")
+    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+def _user_cnn(**dense_kwargs):
+    """A user's own small functional CNN returning logits, without a quantizer."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, dtype="float32", **dense_kwargs)(x)
+    return keras.Model(inputs, outputs, name="user_cnn")
+
+
+def _robust(method="sq_fgsm", *, eps=0.3, learning_rate=1e-3, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = sq_keras.RobustModel(_user_cnn(), method=method, eps=eps, add_quantizer=True, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"])
+    return model
+
+
+@keras.saving.register_keras_serializable(package="sq_keras_tests")
+class UserSubclassedCnn(keras.Model):
+    """A user's subclassed model: no input shape until its first call."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(16, 3, strides=2, activation="relu")
+        self.flatten = keras.layers.Flatten()
+        self.logits = keras.layers.Dense(10)
+
+    def call(self, inputs, training=False):
+        return self.logits(self.flatten(self.conv(inputs)))
+
+
+class _RecordingRobustModel(sq_keras.RobustModel):
+    """Keeps every batch `train_step` crafted, with the clean batch it came from."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crafted = []
+
+    def craft(self, images, labels, seed):
+        crafted = super().craft(images, labels, seed)
+        self.crafted.append((np.array(images), np.array(crafted)))
+        return crafted
+
+
+class RobustModelFitTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("sq_fgsm", "sq_fgsm", {}, 0.3),
+        ("pgd_at", "pgd_at", {"pgd_steps": 3, "pgd_step_size": 0.1}, 0.3),
+        ("sq_noisy_sign_noise", "sq_noisy", {"noise": "sign", "noise_scale": 0.2}, 0.2),
+    )
+    def test_fit_trains_on_examples_inside_the_eps_ball(self, method, settings, radius):
+        images, labels = _mnist("train", 128)
+        keras.utils.set_random_seed(0)
+        model = _RecordingRobustModel(
+            _user_cnn(), method=method, eps=0.3, add_quantizer=True, **settings
+        )
+        # Eagerly, so that the recording sees the very tensors trained on.
+        model.compile(optimizer="adam", run_eagerly=True)
+        model.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+        self.assertLen(model.crafted, 2)
+        for index, (clean, crafted) in enumerate(model.crafted):
+            np.testing.assert_array_equal(clean, images[64 * index : 64 * (index + 1)])
+            distance = np.abs(crafted - clean).max(axis=(1, 2, 3))
+            self.assertLessEqual(distance.max(), radius + 1e-6)
+            # Every example moved, most of them by the full radius somewhere.
+            self.assertTrue(np.all(distance > 0))
+            self.assertGreater(np.mean(distance > 0.99 * radius), 0.9)
+            self.assertGreaterEqual(crafted.min(), 0.0)
+            self.assertLessEqual(crafted.max(), 1.0)
+
+    def test_loss_falls_over_epochs_and_the_model_learns(self):
+        images, labels = _mnist("train", 512)
+        test_x, test_y = _mnist("test", 256)
+        model = _robust("sq_fgsm", learning_rate=3e-3)
+        history = model.fit(
+            images,
+            labels,
+            batch_size=64,
+            epochs=4,
+            verbose=0,
+            callbacks=[sq_keras.callbacks.AlphaSchedule(start=10.0, end=100.0)],
+        )
+        losses = history.history["loss"]
+        self.assertTrue(np.all(np.isfinite(losses)), losses)
+        self.assertLess(losses[-1], 0.9 * losses[0], losses)
+        results = model.evaluate(test_x, test_y, verbose=0, return_dict=True)
+        self.assertGreater(results["accuracy"], 0.5, results)
+
+    @parameterized.named_parameters(("sq_fgsm", "sq_fgsm"), ("gradnorm", "gradnorm"))
+    def test_one_fit_step_is_the_apps_train_step(self, method):
+        images, labels = _mnist("train", 64)
+        config = training.TrainConfig(method=method, mixed_precision="float32").resolved()
+        keras.utils.set_random_seed(0)
+        model, _, step = training.build_components(
+            config, data.get_info("mnist"), tf.distribute.get_strategy()
+        )
+        user_model = keras.models.clone_model(model)
+        user_model.set_weights(model.get_weights())
+        robust = sq_keras.RobustModel(user_model, method=method, eps=config.eps)
+        robust.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+
+        loss_sum, _, n = step(images, labels)
+        history = robust.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+        self.assertAlmostEqual(history.history["loss"][0], float(loss_sum) / int(n), places=5)
+        for expected, actual in zip(model.get_weights(), user_model.get_weights()):
+            np.testing.assert_allclose(actual, expected, atol=1e-6)
+
+    def test_save_and_load_round_trip(self):
+        images, labels = _mnist("train", 128)
+        test_x, _ = _mnist("test", 64)
+        model = _robust("sq_fgsm", pgd_steps=7, seed=3)
+        model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        path = os.path.join(self.create_tempdir().full_path, "robust.keras")
+        model.save(path)
+
+        loaded = keras.models.load_model(path)
+        self.assertIsInstance(loaded, sq_keras.RobustModel)
+        self.assertEqual(
+            json.loads(json.dumps(loaded.get_config())), json.loads(json.dumps(model.get_config()))
+        )
+        self.assertEqual(loaded.get_config()["pgd_steps"], 7)
+        np.testing.assert_allclose(
+            loaded.predict(test_x, verbose=0), model.predict(test_x, verbose=0), atol=1e-6
+        )
+        # Compiled and with its optimizer state: training goes on from step 2.
+        self.assertEqual(int(loaded.optimizer.iterations), 2)
+        loaded.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        self.assertEqual(int(loaded.optimizer.iterations), 4)
+        self.assertLen(layers.quantization_layers(loaded), 1)
+
+    def test_subclassed_model_trains_saves_and_loads(self):
+        images, labels = _mnist("train", 256)
+        keras.utils.set_random_seed(0)
+        model = sq_keras.RobustModel(UserSubclassedCnn(), method="fgsm_rs", eps=0.3)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+        history = model.fit(images, labels, batch_size=64, epochs=3, verbose=0)
+        losses = history.history["loss"]
+        self.assertLess(losses[-1], losses[0], losses)
+        path = os.path.join(self.create_tempdir().full_path, "robust.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        np.testing.assert_allclose(
+            loaded.predict(images[:32], verbose=0), model.predict(images[:32], verbose=0), atol=1e-6
+        )
+        self.assertEqual(int(loaded.optimizer.iterations), 12)
+
+    def test_regularization_losses_are_trained_and_reported(self):
+        images, labels = _mnist("train", 64)
+        keras.utils.set_random_seed(0)
+        user_model = _user_cnn(kernel_regularizer=keras.regularizers.L2(10.0))
+        model = sq_keras.RobustModel(user_model, method="natural", eps=0.3)
+        model.compile(optimizer=keras.optimizers.SGD(1e-9))
+        logits = user_model(images)
+        cross_entropy = float(
+            tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, True))
+        )
+        penalty = float(tf.add_n(user_model.losses))
+        self.assertGreater(penalty, 0.1)
+        history = model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        self.assertAlmostEqual(history.history["loss"][0], cross_entropy + penalty, places=4)
+
+    def test_mixed_float16_trains_with_loss_scaling(self):
+        images, labels = _mnist("train", 256)
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            model = _robust("sq_fgsm", learning_rate=3e-3)
+            self.assertIsInstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+            conv = model.classifier.get_layer("user_cnn").layers[1]
+            self.assertEqual((conv.compute_dtype, conv.variable_dtype), ("float16", "float32"))
+            history = model.fit(images, labels, batch_size=64, epochs=3, verbose=0)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        losses = history.history["loss"]
+        self.assertTrue(np.all(np.isfinite(losses)), losses)
+        self.assertLess(losses[-1], losses[0], losses)
+        self.assertEqual(model.predict(images[:8], verbose=0).dtype, np.float32)
+
+    def _probe(self, method):
+        """tests/mirrored_step_probe.py's `robust_fit` comparison, as JSON."""
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py")]
+            + ["robust_fit", method],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            timeout=300,
+            cwd=ROOT,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def test_mirrored_fit_equals_single_device_fit(self):
+        # gradnorm has no randomness: both ways must take the same step.
+        result = self._probe("gradnorm")
+        self.assertEqual(result["replicas"], 2)
+        self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
+        self.assertLess(result["max_weight_diff"], 1e-5)
+
+    def test_mirrored_fit_crafts_inside_the_eps_ball(self):
+        result = self._probe("sq_fgsm")
+        self.assertEqual(result["replicas"], 2)
+        self.assertTrue(np.isfinite(result["mirrored_loss"]))
+        self.assertAlmostEqual(result["max_crafted_distance"], 0.3, places=5)
+
+
+class RobustModelArgumentsTest(parameterized.TestCase):
+    def test_quantizer_method_without_quantizer_says_how_to_fix(self):
+        with self.assertRaisesRegex(ValueError, "has none. Pass add_quantizer=True"):
+            sq_keras.RobustModel(_user_cnn(), method="sq_fgsm", eps=0.3)
+
+    def test_add_quantizer_prepends_one_quantizer_with_its_settings(self):
+        model = sq_keras.RobustModel(
+            _user_cnn(), method="fgsm_rs", eps=0.3, add_quantizer={"num_thresholds": 3}
+        )
+        (quantizer,) = layers.quantization_layers(model)
+        self.assertEqual(quantizer.num_thresholds, 3)
+        self.assertIs(model.classifier.layers[1], quantizer)
+        # A model that has one already is kept as it is.
+        again = sq_keras.RobustModel(
+            model.classifier, method="sq_fgsm", eps=0.3, add_quantizer=True
+        )
+        self.assertIs(again.classifier, model.classifier)
+        self.assertLen(layers.quantization_layers(again), 1)
+
+    def test_plain_method_keeps_the_users_model(self):
+        user_model = _user_cnn()
+        model = sq_keras.RobustModel(user_model, method="pgd_at", eps=0.3)
+        self.assertIs(model.classifier, user_model)
+        self.assertEmpty(layers.quantization_layers(model))
+
+    @parameterized.named_parameters(
+        ("unknown_method", dict(method="madry"), "Unknown method 'madry'"),
+        ("unknown_setting", dict(pgd_step=3), r"Unknown settings \['pgd_step'\]"),
+        ("eps_too_large", dict(eps=3.0), "eps must be in"),
+        ("eps_not_a_number", dict(eps="0.3"), "`eps` must be a number"),
+        ("bad_stand_in", dict(stand_in="zero"), "stand_in must be one of"),
+        ("bad_pgd_steps", dict(pgd_steps=0), "pgd_steps must be >= 1"),
+        ("bad_add_quantizer", dict(add_quantizer="yes"), "`add_quantizer` must be"),
+    )
+    def test_bad_arguments_are_refused(self, overrides, message):
+        kwargs = {"method": "sq_fgsm", "eps": 0.3, "add_quantizer": True, **overrides}
+        with self.assertRaisesRegex(ValueError, message):
+            sq_keras.RobustModel(_user_cnn(), **kwargs)
+
+    def test_not_a_keras_model_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "must be a keras.Model"):
+            sq_keras.RobustModel(lambda x: x, method="natural", eps=0.3)
+
+    def test_craft_before_compile_says_to_compile(self):
+        images, labels = _mnist("train", 4)
+        model = sq_keras.RobustModel(_user_cnn(), method="fgsm_rs", eps=0.3)
+        with self.assertRaisesRegex(RuntimeError, r"compile\(\)"):
+            model.craft(images, labels, seed=0)
+
+    def test_sample_weights_are_refused(self):
+        images, labels = _mnist("train", 8)
+        model = _robust("natural")
+        with self.assertRaisesRegex(ValueError, "sample weights"):
+            model.fit(images, labels, sample_weight=np.ones(8), verbose=0)
+
+
+if __name__ == "__main__":
+    absltest.main()
