@@ -39,7 +39,22 @@ _METHOD = flags.DEFINE_enum(
 _MODEL = flags.DEFINE_string("model", None, "Model name; default: the dataset's.")
 _EPOCHS = flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Batch size.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam learning rate.")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", _DEFAULTS.learning_rate, "Adam learning rate (a schedule's peak)."
+)
+_LR_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule",
+    _DEFAULTS.lr_schedule,
+    list(training.LR_SCHEDULES),
+    "Learning rate per optimizer step: constant; piecewise (x0.1 for the last "
+    "--lr_drop_fraction of the steps); cosine (to 0); onecycle (linear 0 -> "
+    "--learning_rate at 40% -> 0, Wong et al. 2020).",
+)
+_LR_DROP_FRACTION = flags.DEFINE_float(
+    "lr_drop_fraction",
+    _DEFAULTS.lr_drop_fraction,
+    "piecewise: share of the steps trained at 0.1 x --learning_rate.",
+)
 _EPS = flags.DEFINE_float(
     "eps", None, "Threat radius in [0, 1] pixel units; default: the dataset's (0.3 for MNIST)."
 )
@@ -97,6 +112,30 @@ _STAND_IN = flags.DEFINE_enum(
     _DEFAULTS.stand_in,
     list(attacks.STAND_INS),
     "BPDA stand-in of the quantizer used by training attacks (sq_fgsm).",
+)
+_FREE_STEP_SIZE = flags.DEFINE_float(
+    "free_step_size",
+    None,
+    "free, sq_free: signed-gradient step of each example's kept perturbation per visit "
+    "(and replay); default: --eps.",
+)
+_FREE_REPLAYS = flags.DEFINE_integer(
+    "free_replays",
+    _DEFAULTS.free_replays,
+    "free, sq_free: updates on each minibatch in a row, the perturbation carried across "
+    "them (train this many times fewer epochs for the same number of updates).",
+)
+_FREE_INIT = flags.DEFINE_enum(
+    "free_init",
+    _DEFAULTS.free_init,
+    list(training.FREE_INITS),
+    "free, sq_free: initial perturbations, uniform in [-eps, eps] or zeros.",
+)
+_FREE_MEMORY_DTYPE = flags.DEFINE_enum(
+    "free_memory_dtype",
+    _DEFAULTS.free_memory_dtype,
+    list(training.MEMORY_DTYPES),
+    "free, sq_free: dtype of the perturbation memory (MNIST: 188 MB float32, 94 MB bfloat16).",
 )
 _GRADNORM_WEIGHT = flags.DEFINE_float(
     "gradnorm_weight", _DEFAULTS.gradnorm_weight, "Weight of the gradnorm penalty."
@@ -161,6 +200,8 @@ def _train_config(policy):
         epochs=_EPOCHS.value,
         batch_size=_BATCH_SIZE.value,
         learning_rate=_LEARNING_RATE.value,
+        lr_schedule=_LR_SCHEDULE.value,
+        lr_drop_fraction=_LR_DROP_FRACTION.value,
         eps=_EPS.value,
         augment=_AUGMENT.value,
         noise=_NOISE.value,
@@ -178,6 +219,10 @@ def _train_config(policy):
         adv_fraction=_ADV_FRACTION.value,
         stand_in=_STAND_IN.value,
         gradnorm_weight=_GRADNORM_WEIGHT.value,
+        free_step_size=_FREE_STEP_SIZE.value,
+        free_replays=_FREE_REPLAYS.value,
+        free_init=_FREE_INIT.value,
+        free_memory_dtype=_FREE_MEMORY_DTYPE.value,
         hard_inference=_HARD_INFERENCE.value,
         train_examples=_TRAIN_EXAMPLES.value,
         eval_examples=_EVAL_EXAMPLES.value,

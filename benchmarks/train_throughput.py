@@ -67,15 +67,21 @@ def _configs(policy):
 
 
 def _print_table(rows):
-    """Prints the Markdown table; adds `cost_vs_natural` to each row."""
+    """Prints the Markdown table; adds `cost_vs_natural` (wall and CPU) to each row."""
     base = rows.get("natural")
-    print("\n| method | images/s | s/step | cost vs natural |\n|---|---|---|---|")
+    print(
+        "\n| method | images/s | s/step | cost vs natural | CPU s/step | CPU cost vs natural |"
+        "\n|---|---|---|---|---|---|"
+    )
     for method, row in rows.items():
         ratio = row["seconds_per_step"] / base["seconds_per_step"] if base else float("nan")
-        row["cost_vs_natural"] = ratio
+        cpu_ratio = (
+            row["cpu_seconds_per_step"] / base["cpu_seconds_per_step"] if base else float("nan")
+        )
+        row["cost_vs_natural"], row["cpu_cost_vs_natural"] = ratio, cpu_ratio
         print(
             f"| {method} | {row['images_per_second']:.0f} | {row['seconds_per_step']:.3f} "
-            f"| {ratio:.2f}x |"
+            f"| {ratio:.2f}x | {row['cpu_seconds_per_step']:.3f} | {cpu_ratio:.2f}x |"
         )
 
 

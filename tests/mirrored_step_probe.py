@@ -1,7 +1,9 @@
 """Compares one device with MirroredStrategy over 2 logical CPUs.
 
 `python tests/mirrored_step_probe.py METHOD` runs one training step of METHOD
-both ways and prints JSON with both losses and the largest weight difference;
+both ways and prints JSON with both losses and the largest weight difference
+(and, for a method with per-example state such as `sq_free`, the largest
+difference of its perturbation memory);
 `python tests/mirrored_step_probe.py attack` runs FGSM and PGD from
 `sq_keras.evaluation` both ways on a briefly trained model and prints the
 robust accuracies; `python tests/mirrored_step_probe.py robust_fit METHOD`
@@ -30,14 +32,23 @@ from sq_keras import training  # noqa: E402
 def one_step(strategy, images, labels, method):
     config = training.TrainConfig(method=method, mixed_precision="float32").resolved()
     keras.utils.set_random_seed(0)
-    model, _, step = training.build_components(config, data.get_info(config.dataset), strategy)
+    # The batch is examples 0..N-1 of a training set twice its size, so a
+    # step with per-example state also keeps the memory of unseen examples.
+    num_train = 2 * len(labels)
+    model, _, step = training.build_components(
+        config, data.get_info(config.dataset), strategy, num_train=num_train
+    )
     before = [v.numpy() for v in model.trainable_variables]
-    dataset = tf.data.Dataset.from_tensors((images, labels))
-    for x, y in strategy.experimental_distribute_dataset(dataset):
-        loss_sum, correct, n = step(x, y)
+    batch = (images, labels)
+    if training.METHODS[method].indexed:
+        batch += (np.arange(len(labels), dtype=np.int64),)
+    dataset = tf.data.Dataset.from_tensors(batch)
+    for distributed in strategy.experimental_distribute_dataset(dataset):
+        loss_sum, correct, n = step(*distributed)
     after = [v.numpy() for v in model.trainable_variables]
     change = max(float(np.abs(a - b).max()) for a, b in zip(before, after))
-    return float(loss_sum) / int(n), int(n), after, change
+    state = {name: variable.numpy() for name, variable in getattr(step, "state", {}).items()}
+    return float(loss_sum) / int(n), int(n), after, change, state
 
 
 def compare_attacks():
@@ -125,25 +136,26 @@ def main():
     if method == "robust_fit":
         compare_robust_fit(images, labels, sys.argv[2])
         return
-    single_loss, single_n, single_w, change = one_step(
+    single_loss, single_n, single_w, change, single_state = one_step(
         distribute.make_strategy("default"), images, labels, method
     )
     mirrored = distribute.make_strategy("mirrored")
-    mirrored_loss, mirrored_n, mirrored_w, _ = one_step(mirrored, images, labels, method)
-    print(
-        json.dumps(
-            {
-                "replicas": mirrored.num_replicas_in_sync,
-                "single_loss": single_loss,
-                "mirrored_loss": mirrored_loss,
-                "examples": [single_n, mirrored_n],
-                "max_weight_diff": max(
-                    float(np.abs(a - b).max()) for a, b in zip(single_w, mirrored_w)
-                ),
-                "max_weight_change": change,
-            }
-        )
+    mirrored_loss, mirrored_n, mirrored_w, _, mirrored_state = one_step(
+        mirrored, images, labels, method
     )
+    result = {
+        "replicas": mirrored.num_replicas_in_sync,
+        "single_loss": single_loss,
+        "mirrored_loss": mirrored_loss,
+        "examples": [single_n, mirrored_n],
+        "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(single_w, mirrored_w)),
+        "max_weight_change": change,
+    }
+    for name, value in single_state.items():
+        other = mirrored_state[name]
+        result[f"{name}_max_diff"] = float(np.abs(value - other).max())
+        result[f"{name}_share_equal"] = float(np.mean(value == other))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,12 @@ def has_quantizer(model):
     return bool(quantization_layers(model))
 
 
-def _stand_in_derivative(layer, inputs, stand_in, smooth_alpha):
-    """d stand-in / dx for one `SoftQuantization` layer, element-wise."""
+def stand_in_derivative(layer, inputs, stand_in, smooth_alpha=10.0):
+    """d stand-in / dx for one `SoftQuantization` layer, element-wise (float32).
+
+    Also what free adversarial training differentiates the quantizer with
+    (`sq_keras.training.free`).
+    """
     x = tf.cast(inputs, tf.float32)
     if stand_in == "identity":
         return tf.ones_like(x)
@@ -63,7 +67,7 @@ def bpda(model, *, stand_in="identity", smooth_alpha=10.0):
 
     def quantizer_backward(layer, x, outputs, upstream):
         del outputs
-        derivative = _stand_in_derivative(layer, x, stand_in, smooth_alpha)
+        derivative = stand_in_derivative(layer, x, stand_in, smooth_alpha)
         return tf.cast(tf.cast(upstream, tf.float32) * derivative, x.dtype)
 
     return input_gradient_model(model, quantizer_backward=quantizer_backward)

@@ -47,8 +47,12 @@ def _input_rank(layer):
         return None
 
 
-def _plain_single_channel_conv(layer):
-    """A stride-1 'same' Conv2D on one input channel, odd kernel, no dilation."""
+def plain_single_channel_conv(layer):
+    """A stride-1 'same' Conv2D on one input channel, odd kernel, no dilation.
+
+    `conv_input_gradient` is its input gradient (free adversarial training
+    uses it too, `sq_keras.training.free`).
+    """
     return (
         type(layer) is keras.layers.Conv2D
         and layer.compute_dtype in ("float32", "bfloat16")
@@ -127,7 +131,12 @@ def _output_ids(model):
     return ids
 
 
-def _conv_input_gradient(layer, inputs, outputs, upstream, *, activation=True):
+def conv_input_gradient(layer, inputs, outputs, upstream, *, activation=True):
+    """d(loss)/d(inputs) of a `plain_single_channel_conv` layer from `upstream`.
+
+    With `activation=False`, `upstream` is already the gradient of the
+    pre-activation.
+    """
     # For one input channel and an odd k x k kernel w with 'same' padding p,
     # dx[i, j] = sum_{u, v, c} g[i - u + p, j - v + p, c] w[u, v, c]: a
     # depthwise correlation of g with the flipped kernel, summed over
@@ -201,8 +210,8 @@ def _input_backward(layer, quantizer_backward):
         return quantizer_backward
     if _plain_dense(layer):
         return _dense_input_gradient
-    if _plain_single_channel_conv(layer):
-        return _conv_input_gradient
+    if plain_single_channel_conv(layer):
+        return conv_input_gradient
     return None
 
 
@@ -230,8 +239,8 @@ def _rewritten(layer, backward, forward_fn=None):
 
 def _without_activation(layer):
     """A Lambda layer: the pre-activation of a ReLU Conv2D read only by a max pool."""
-    if _plain_single_channel_conv(layer):
-        backward = functools.partial(_conv_input_gradient, activation=False)
+    if plain_single_channel_conv(layer):
+        backward = functools.partial(conv_input_gradient, activation=False)
         return _rewritten(layer, backward, _conv_pre_activation)
     return keras.layers.Lambda(
         lambda x: _conv_pre_activation(layer, x),

@@ -13,6 +13,11 @@ source = data.load_training_data(config, data.get_info("mnist"), add_noise=True)
 for images, labels in source.train_batches(epoch, drop_remainder=False):
     ...   # float32 images in [0, 1], int64 labels
 accuracy_batches = source.eval_batches()
+
+# A method that keeps per-example state also gets each example's index.
+source = data.load_training_data(config, info, add_noise=False, with_indices=True)
+for images, labels, indices in source.train_batches(epoch, drop_remainder=False):
+    ...   # indices: int64 positions in the training arrays
 ```
 
 `config` is a resolved `sq_keras.training.TrainConfig`, or any object with
@@ -42,7 +47,8 @@ class TrainingData:
     Attributes:
         num_train: Training examples (None when a stream does not say).
         train_batches: `(epoch, drop_remainder) -> tf.data` of the epoch's
-            `(float32 images, int64 labels)` batches, augmented and noised.
+            `(float32 images, int64 labels)` batches, augmented and noised;
+            `(images, labels, int64 indices)` when loaded `with_indices`.
         eval_batches: `() -> tf.data` of clean test batches.
         grad_x: float32 test images of the `grad_l1` curve.
         grad_y: Their labels.
@@ -68,7 +74,9 @@ def float_batches(images, labels, batch_size, *, drop_remainder=False):
     )
 
 
-def make_train_dataset(images, labels, config, epoch, *, add_noise, drop_remainder=False):
+def make_train_dataset(
+    images, labels, config, epoch, *, add_noise, drop_remainder=False, with_indices=False
+):
     """The training batches of one epoch: shuffled, batched, augmented, noised.
 
     Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
@@ -82,16 +90,25 @@ def make_train_dataset(images, labels, config, epoch, *, add_noise, drop_remaind
         add_noise: Whether the method trains on noisy samples
             (`config.noise` of size `config.noise_scale`).
         drop_remainder: Drop the last partial batch.
+        with_indices: Also yield each example's index into `images` (the
+            same batches otherwise).
 
     Returns:
-        A prefetched `tf.data.Dataset` of `(float32 images, labels)` batches.
+        A prefetched `tf.data.Dataset` of `(float32 images, labels)` batches,
+        or `(images, labels, int64 indices)` batches `with_indices`.
     """
     order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
     ds = float_batches(
         images[order], labels[order], config.batch_size, drop_remainder=drop_remainder
     )
     ds = add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
-    return _with_method_noise(ds, config, epoch, add_noise=add_noise)
+    ds = _with_method_noise(ds, config, epoch, add_noise=add_noise)
+    if with_indices:
+        positions = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(
+            config.batch_size, drop_remainder=drop_remainder
+        )
+        ds = tf.data.Dataset.zip(ds, positions).map(lambda batch, index: (*batch, index))
+    return ds
 
 
 def _with_method_noise(ds, config, epoch, *, add_noise):
@@ -128,14 +145,20 @@ def _splits(config):
     return train, test
 
 
-def _in_memory_data(config, info, *, add_noise):
+def _in_memory_data(config, info, *, add_noise, with_indices):
     train_split, test_split = _splits(config)
     train_x, train_y = load_arrays(config.dataset, train_split, config.data_dir)
     test_x, test_y = load_arrays(config.dataset, test_split, config.data_dir)
     return TrainingData(
         num_train=len(train_x),
         train_batches=lambda epoch, drop: make_train_dataset(
-            train_x, train_y, config, epoch, add_noise=add_noise, drop_remainder=drop
+            train_x,
+            train_y,
+            config,
+            epoch,
+            add_noise=add_noise,
+            drop_remainder=drop,
+            with_indices=with_indices,
         ),
         eval_batches=lambda: float_batches(test_x, test_y, EVAL_BATCH_SIZE),
         grad_x=test_x[: config.grad_examples].astype(np.float32) / 255.0,
@@ -170,7 +193,12 @@ def _streamed_train_batches(train, config, size, *, add_noise):
     return train_batches
 
 
-def _streamed_data(config, info, *, add_noise):
+def _streamed_data(config, info, *, add_noise, with_indices):
+    if with_indices:
+        raise ValueError(
+            f"{config.dataset} is streamed: its examples have no fixed index to keep "
+            "per-example state by. Use a method without per-example state."
+        )
     size = info.image_shape[0]
     train_split, test_split = _splits(config)
     train, num_train, names = load_stream(config.dataset, train_split, config.data_dir)
@@ -190,19 +218,22 @@ def _streamed_data(config, info, *, add_noise):
     )
 
 
-def load_training_data(config, info, *, add_noise):
+def load_training_data(config, info, *, add_noise, with_indices=False):
     """The training run's data, in memory or streamed as `info` says.
 
     Args:
         config: A resolved `TrainConfig` (see the module docstring).
         info: The dataset's `DatasetInfo`.
         add_noise: Whether training batches get the method's noise.
+        with_indices: Whether training batches also hold each example's
+            index in the training set (in-memory datasets only).
 
     Returns:
         A `TrainingData`.
 
     Raises:
         sq_keras.data.DataError: Dataset files missing or corrupt.
+        ValueError: `with_indices` for a streamed dataset.
     """
     load = _streamed_data if info.streaming else _in_memory_data
-    return load(config, info, add_noise=add_noise)
+    return load(config, info, add_noise=add_noise, with_indices=with_indices)

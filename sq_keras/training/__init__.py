@@ -16,7 +16,8 @@ Layout of `model_dir`:
 
 * `config.json`: the resolved configuration (a rerun must match it);
 * `checkpoints/`: one `tf.train.Checkpoint` per epoch (model, optimiser,
-  epoch counter), the run resumes from the latest;
+  epoch counter, and the perturbation memory of `free` / `sq_free`), the run
+  resumes from the latest;
 * `history.json`: per-epoch metrics and wall times, written every epoch;
 * `logs/`: TensorBoard events (loss, accuracy, `grad_l1`, alpha, thresholds);
 * `model.keras`: the final Keras model, quantizer included, for white-box
@@ -24,7 +25,9 @@ Layout of `model_dir`:
 * `results.json`: final metrics.
 
 Modules: `config` (`TrainConfig`, its defaults and checks), `methods` (the
-registry of methods), `steps` (one train step per kind), `components` (the
+registry of methods), `steps` (one train step per kind), `free` (free
+adversarial training: the step and its per-example perturbation memory),
+`schedules` (alpha per epoch, learning rate per step), `components` (the
 model, optimiser and step of a configuration), `metrics` (per-epoch
 measurements), `rundir` (the run directory), `loop` (`train`).
 """
@@ -34,6 +37,11 @@ from sq_keras.training.components import build_optimizer
 from sq_keras.training.components import quantizer_settings
 from sq_keras.training.config import TrainConfig
 from sq_keras.training.errors import TrainingError
+from sq_keras.training.free import FREE_INITS
+from sq_keras.training.free import MEMORY_DTYPES
+from sq_keras.training.free import PerturbationMemory
+from sq_keras.training.free import build_free_step
+from sq_keras.training.free import shared_backward_model
 from sq_keras.training.loop import train
 from sq_keras.training.methods import METHODS
 from sq_keras.training.methods import Method
@@ -42,7 +50,10 @@ from sq_keras.training.metrics import input_gradient_stats
 from sq_keras.training.rundir import RunDir
 from sq_keras.training.rundir import epoch_weights_path
 from sq_keras.training.schedules import ALPHA_SCHEDULES
+from sq_keras.training.schedules import LR_SCHEDULES
+from sq_keras.training.schedules import LearningRate
 from sq_keras.training.schedules import alpha_at
+from sq_keras.training.schedules import learning_rate
 from sq_keras.training.steps import STEP_BUILDERS
 from sq_keras.training.steps import build_fgsm_rs_step
 from sq_keras.training.steps import build_gradnorm_step
@@ -52,8 +63,13 @@ from sq_keras.training.steps import gradnorm_loss
 
 __all__ = [
     "ALPHA_SCHEDULES",
+    "FREE_INITS",
+    "LR_SCHEDULES",
+    "LearningRate",
+    "MEMORY_DTYPES",
     "METHODS",
     "Method",
+    "PerturbationMemory",
     "RunDir",
     "STEP_BUILDERS",
     "TrainConfig",
@@ -61,6 +77,7 @@ __all__ = [
     "alpha_at",
     "build_components",
     "build_fgsm_rs_step",
+    "build_free_step",
     "build_gradnorm_step",
     "build_optimizer",
     "build_pgd_step",
@@ -69,6 +86,8 @@ __all__ = [
     "evaluate_accuracy",
     "gradnorm_loss",
     "input_gradient_stats",
+    "learning_rate",
     "quantizer_settings",
+    "shared_backward_model",
     "train",
 ]

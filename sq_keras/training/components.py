@@ -3,14 +3,17 @@
 Training, the step-cost benchmark (`sq_keras.throughput`) and the
 distribution probe all build their parts here, so what they run is what
 `train` runs: the method's quantizer front at the alpha of the schedule's
-first epoch (with `hard_inference`), Adam (in a `LossScaleOptimizer` under
-`mixed_float16`), built, and the method's step, all under `strategy.scope()`.
+first epoch (with `hard_inference`), Adam at the learning rate of
+`config.lr_schedule` (in a `LossScaleOptimizer` under `mixed_float16`),
+built, and the method's step, all under `strategy.scope()`.
 
 ```python
 config = TrainConfig(dataset="mnist", method="sq_fgsm").resolved()
 info = data.get_info(config.dataset)
 keras.utils.set_random_seed(config.seed)
-model, optimizer, step = build_components(config, info, tf.distribute.get_strategy())
+model, optimizer, step = build_components(
+    config, info, tf.distribute.get_strategy(), num_train=60_000, steps_per_epoch=469
+)
 ```
 """
 
@@ -19,6 +22,7 @@ import keras
 from sq_keras import models
 from sq_keras.training.methods import METHODS
 from sq_keras.training.schedules import alpha_at
+from sq_keras.training.schedules import learning_rate
 from sq_keras.training.steps import STEP_BUILDERS
 
 
@@ -34,16 +38,35 @@ def quantizer_settings(config):
     }
 
 
-def build_optimizer(config, model):
-    """Adam, loss-scaled under `mixed_float16`, built for `model`'s variables."""
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+def updates_per_batch(config):
+    """Optimiser updates per batch: `free_replays` for the free methods, else 1."""
+    return config.free_replays if METHODS[config.method].step == "free" else 1
+
+
+def build_optimizer(config, model, steps_per_epoch=None):
+    """Adam, loss-scaled under `mixed_float16`, built for `model`'s variables.
+
+    Args:
+        config: A resolved `TrainConfig`.
+        model: The model whose trainable variables the optimiser updates.
+        steps_per_epoch: Batches per epoch; needed by non-constant
+            `config.lr_schedule`s (None: unknown).
+
+    Raises:
+        ValueError: A non-constant learning-rate schedule without
+            `steps_per_epoch`.
+    """
+    total_steps = None
+    if steps_per_epoch:
+        total_steps = config.epochs * steps_per_epoch * updates_per_batch(config)
+    optimizer = keras.optimizers.Adam(learning_rate(config, total_steps))
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
     return optimizer
 
 
-def build_components(config, info, strategy):
+def build_components(config, info, strategy, *, num_train=None, steps_per_epoch=None):
     """The model, optimiser and train step of `config`, under `strategy.scope()`.
 
     Weights draw from Keras's global random state: seed it first
@@ -53,10 +76,29 @@ def build_components(config, info, strategy):
         config: A resolved `TrainConfig`.
         info: The dataset's `sq_keras.data.DatasetInfo` (input shape, classes).
         strategy: The `tf.distribute.Strategy` the step runs under.
+        num_train: Training examples; needed by methods that keep
+            per-example state (`Method.indexed`).
+        steps_per_epoch: Batches per epoch; needed by non-constant
+            learning-rate schedules.
 
     Returns:
-        `(model, optimizer, step)`, `step` as in `sq_keras.training.steps`.
+        `(model, optimizer, step)`, `step` as in `sq_keras.training.steps`;
+        the step of an indexed method takes `(images, labels, indices)` and
+        has a `state` dict of variables to checkpoint.
+
+    Raises:
+        ValueError: An indexed method without `num_train`, or a non-constant
+            learning-rate schedule without `steps_per_epoch`.
     """
+    method = METHODS[config.method]
+    extra = {}
+    if method.indexed:
+        if not num_train:
+            raise ValueError(
+                f"Method {config.method} keeps one perturbation per training example "
+                "and needs `num_train`, the size of the training set."
+            )
+        extra["num_train"] = num_train
     with strategy.scope():
         model = models.build(
             config.model,
@@ -65,6 +107,6 @@ def build_components(config, info, strategy):
             soft_quantization=quantizer_settings(config),
             init_weights=config.init_weights,
         )
-        optimizer = build_optimizer(config, model)
-        step = STEP_BUILDERS[METHODS[config.method].step](model, optimizer, config, strategy)
+        optimizer = build_optimizer(config, model, steps_per_epoch)
+        step = STEP_BUILDERS[method.step](model, optimizer, config, strategy, **extra)
     return model, optimizer, step

@@ -18,8 +18,11 @@ from sq_keras import attacks
 from sq_keras import data
 from sq_keras import distribute
 from sq_keras import models
+from sq_keras.training.free import FREE_INITS
+from sq_keras.training.free import MEMORY_DTYPES
 from sq_keras.training.methods import METHODS
 from sq_keras.training.schedules import ALPHA_SCHEDULES
+from sq_keras.training.schedules import LR_SCHEDULES
 
 
 @dataclasses.dataclass
@@ -33,7 +36,12 @@ class TrainConfig:
         model: Key of `sq_keras.models.MODELS`; None for the dataset's.
         epochs: Number of passes over the training set.
         batch_size: Examples per step.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate (the peak of a non-constant
+            `lr_schedule`).
+        lr_schedule: One of `LR_SCHEDULES`, over the run's optimiser steps:
+            "constant", "piecewise" (x0.1 for the last `lr_drop_fraction`),
+            "cosine" or "onecycle" (see `schedules.LearningRate`).
+        lr_drop_fraction: "piecewise": share of the steps at the lowered rate.
         eps: Threat radius in [0, 1] pixel units; None for the dataset's.
         augment: Training augmentation, one of `sq_keras.data.AUGMENTATIONS`;
             None for the dataset's (crops and flips for CIFAR-10).
@@ -53,6 +61,14 @@ class TrainConfig:
         stand_in: BPDA stand-in of the quantizer for training attacks,
             "identity" (straight-through) or "smooth".
         gradnorm_weight: Weight of the gradient penalty of `gradnorm`.
+        free_step_size: Signed-gradient step of `free` / `sq_free` per visit
+            (and replay); None means `eps`.
+        free_replays: `free` / `sq_free`: updates on each minibatch in a row,
+            the perturbation carried from one to the next.
+        free_init: Initial perturbation memory of `free` / `sq_free`,
+            "uniform" in [-eps, eps] or "zeros".
+        free_memory_dtype: "float32" or "bfloat16" (half the memory) for the
+            perturbation memory.
         hard_inference: Export with the exact staircase at inference.
         train_examples: Use only the first N training examples (None: all).
         seed: Seeds weights, shuffling and noise.
@@ -83,6 +99,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_drop_fraction: float = 0.5
     eps: float = None
     augment: str = None
     noise: str = "uniform"
@@ -98,6 +116,10 @@ class TrainConfig:
     adv_fraction: float = 1.0
     stand_in: str = "identity"
     gradnorm_weight: float = 1.0
+    free_step_size: float = None
+    free_replays: int = 1
+    free_init: str = "uniform"
+    free_memory_dtype: str = "float32"
     hard_inference: bool = False
     train_examples: int = None
     seed: int = 0
@@ -118,9 +140,10 @@ class TrainConfig:
         """Returns a copy with the dataset's defaults in place of None."""
         info = data.get_info(self.dataset)
         eps = info.eps if self.eps is None else float(self.eps)
+        method = self.method or info.method
         return dataclasses.replace(
             self,
-            method=self.method or info.method,
+            method=method,
             model=self.model or info.model,
             eps=eps,
             augment=info.augment if self.augment is None else self.augment,
@@ -129,7 +152,15 @@ class TrainConfig:
             ),
             noise_scale=eps if self.noise_scale is None else float(self.noise_scale),
             fgsm_step_size=1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size,
+            free_step_size=self._free_step_size(method, eps),
         )
+
+    def _free_step_size(self, method, eps):
+        """`eps` for the free methods when unset; other methods keep None."""
+        if self.free_step_size is not None:
+            return self.free_step_size
+        spec = METHODS.get(method)
+        return eps if spec is not None and spec.step == "free" else None
 
     def validate(self):
         """Returns `self` if every check passes.
@@ -188,6 +219,17 @@ def _in_unit_interval(field):
     return _check(field, lambda v: 0 <= v <= 1, "must be in [0, 1]")
 
 
+def _per_example_state_fits(config):
+    """A method with per-example state needs a dataset held in memory."""
+    if METHODS[config.method].indexed and data.get_info(config.dataset).streaming:
+        return (
+            f"method {config.method} keeps one perturbation per training example and "
+            f"needs a dataset held in memory; {config.dataset} is streamed. Received: "
+            f"{config.method!r}"
+        )
+    return None
+
+
 # In the order the checks run: the first failing one is reported.
 _CHECKS = (
     _known("method", METHODS, "methods"),
@@ -195,6 +237,8 @@ _CHECKS = (
     _at_least("epochs", 1),
     _at_least("batch_size", 1),
     _positive("learning_rate"),
+    _one_of("lr_schedule", LR_SCHEDULES),
+    _check("lr_drop_fraction", lambda v: 0 < v < 1, "must be in (0, 1)"),
     _in_unit_interval("eps"),
     _in_unit_interval("noise_scale"),
     _at_least("num_thresholds", 1),
@@ -208,6 +252,11 @@ _CHECKS = (
     _positive("fgsm_step_size"),
     _check("adv_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     _at_least("gradnorm_weight", 0),
+    _check("free_step_size", lambda v: v is None or v > 0, "must be > 0"),
+    _at_least("free_replays", 1),
+    _one_of("free_init", FREE_INITS),
+    _one_of("free_memory_dtype", MEMORY_DTYPES),
+    _per_example_state_fits,
     _one_of("stand_in", attacks.STAND_INS),
     _at_least("train_examples", 1, optional=True),
     _one_of("strategy", distribute.STRATEGIES),

@@ -90,16 +90,34 @@ def _setup(config, strategy):
     if strategy is None:
         strategy = distribute.make_strategy(config.strategy)
     info = data.get_info(config.dataset)
-    source = data.load_training_data(config, info, add_noise=METHODS[config.method].noise)
+    method = METHODS[config.method]
+    source = data.load_training_data(
+        config, info, add_noise=method.noise, with_indices=method.indexed
+    )
     return _Run(config, info, strategy, source, _open_run_dir(config, strategy))
 
 
 def _build(run):
-    """The model, optimiser, step and the checkpoint that holds them."""
-    run.model, optimizer, run.step = build_components(run.config, run.info, run.strategy)
+    """The model, optimiser, step and the checkpoint that holds them.
+
+    A step with state of its own (the perturbation memory of `sq_free`) has
+    it checkpointed too.
+    """
+    run.model, optimizer, run.step = build_components(
+        run.config,
+        run.info,
+        run.strategy,
+        num_train=run.source.num_train,
+        steps_per_epoch=run.steps_per_epoch,
+    )
     with run.strategy.scope():
         run.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    run.checkpoint = tf.train.Checkpoint(model=run.model, optimizer=optimizer, epoch=run.epoch_var)
+    run.checkpoint = tf.train.Checkpoint(
+        model=run.model,
+        optimizer=optimizer,
+        epoch=run.epoch_var,
+        **getattr(run.step, "state", {}),
+    )
     run.restore_manager, run.save_manager = run.run_dir.checkpoint_managers(run.checkpoint)
 
 
@@ -184,8 +202,8 @@ def _run_steps(run, epoch, title):
     dataset = run.strategy.experimental_distribute_dataset(
         run.source.train_batches(epoch, run.drop_remainder)
     )
-    for i, (images, labels) in enumerate(dataset):
-        batch_loss, batch_correct, batch_n = run.step(images, labels)
+    for i, batch in enumerate(dataset):
+        batch_loss, batch_correct, batch_n = run.step(*batch)
         n = int(batch_n)
         loss = float(batch_loss) / n
         if not math.isfinite(loss):

@@ -2,7 +2,8 @@
 
 A method names three things: whether the model has a `SoftQuantization`
 front, whether the data pipeline adds noise, and which train step runs
-(a key of `sq_keras.training.steps.STEP_BUILDERS`). Adding a method is one
+(a key of `sq_keras.training.steps.STEP_BUILDERS`); a step that keeps
+per-example state also gets each example's index. Adding a method is one
 entry in `METHODS`.
 
 ```python
@@ -22,12 +23,15 @@ class Method:
         noise: Whether the noise stage perturbs training batches.
         step: Key of `STEP_BUILDERS`.
         description: One line for help texts.
+        indexed: Whether the step takes each example's index in the training
+            set (`step(images, labels, indices)`), to keep per-example state.
     """
 
     quantizer: bool
     noise: bool
     step: str
     description: str
+    indexed: bool = False
 
 
 METHODS = {
@@ -40,5 +44,19 @@ METHODS = {
     "gradnorm": Method(False, False, "gradnorm", "loss + eps * ||grad_x loss||_1 penalty"),
     "sq_fgsm": Method(
         True, False, "fgsm_rs", "soft quantization + FGSM-RS through its BPDA stand-in"
+    ),
+    "free": Method(
+        False,
+        False,
+        "free",
+        "free adversarial training: per-example perturbations kept across epochs",
+        indexed=True,
+    ),
+    "sq_free": Method(
+        True,
+        False,
+        "free",
+        "soft quantization + free adversarial training through its BPDA stand-in",
+        indexed=True,
     ),
 }

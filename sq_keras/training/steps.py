@@ -30,6 +30,7 @@ import tensorflow as tf
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import layers
+from sq_keras.training.free import build_free_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,4 +299,5 @@ STEP_BUILDERS = {
     "pgd": build_pgd_step,
     "fgsm_rs": build_fgsm_rs_step,
     "gradnorm": build_gradnorm_step,
+    "free": build_free_step,
 }

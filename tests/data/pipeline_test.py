@@ -46,6 +46,36 @@ class MakeTrainDatasetTest(parameterized.TestCase):
         )
         self.assertEqual([len(y) for _, y in dropped], [8, 8])
 
+    @parameterized.parameters(False, True)
+    def test_indices_name_each_example_and_leave_the_batches_unchanged(self, drop):
+        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+        labels = (np.arange(20, dtype=np.int64) * 7) % 10
+        config = training.TrainConfig(method="sq_noisy", batch_size=8).resolved()
+
+        def batches(epoch, **kwargs):
+            return list(
+                data.make_train_dataset(
+                    images, labels, config, epoch, add_noise=True, drop_remainder=drop, **kwargs
+                )
+            )
+
+        plain, indexed = batches(1), batches(1, with_indices=True)
+        self.assertEqual(len(plain), len(indexed))
+        seen = []
+        for (x, y), (xi, yi, index) in zip(plain, indexed):
+            np.testing.assert_array_equal(x.numpy(), xi.numpy())
+            np.testing.assert_array_equal(y.numpy(), yi.numpy())
+            np.testing.assert_array_equal(yi.numpy(), labels[index.numpy()])
+            clean = images[index.numpy()] / np.float32(255.0)
+            self.assertLessEqual(np.abs(xi.numpy() - clean).max(), 0.3 + 1e-6)
+            self.assertEqual(index.dtype, tf.int64)
+            seen.extend(index.numpy().tolist())
+        # Each example at most once; all of them unless the last batch is dropped.
+        self.assertLen(set(seen), len(seen))
+        self.assertLen(seen, 16 if drop else 20)
+        self.assertNotEqual(seen, list(range(len(seen))))  # shuffled
+        self.assertNotEqual(seen, [int(i) for *_, b in batches(2, with_indices=True) for i in b])
+
 
 class ResizeAndCropTest(parameterized.TestCase):
     @parameterized.parameters("none", "crop", "crop_flip")

@@ -11,13 +11,17 @@ from sq_keras import layers
 from sq_keras import training
 
 
-def _build(**kwargs):
+def _build(num_train=None, steps_per_epoch=None, **kwargs):
     config = training.TrainConfig(
         **{"dataset": "mnist", "mixed_precision": "float32", **kwargs}
     ).resolved()
     keras.utils.set_random_seed(config.seed)
     return training.build_components(
-        config, data.get_info(config.dataset), tf.distribute.get_strategy()
+        config,
+        data.get_info(config.dataset),
+        tf.distribute.get_strategy(),
+        num_train=num_train,
+        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -48,6 +52,31 @@ class BuildComponentsTest(parameterized.TestCase):
         self.assertAlmostEqual(float(optimizer.learning_rate), 0.01)
         _, scaled, _ = _build(method="natural", mixed_precision="mixed_float16")
         self.assertIsInstance(scaled, keras.optimizers.LossScaleOptimizer)
+
+    @parameterized.parameters(("natural", 1, 40), ("sq_free", 1, 40), ("sq_free", 3, 120))
+    def test_a_schedule_spans_every_optimizer_update_of_the_run(self, method, replays, total):
+        # 4 epochs of 10 batches; the free methods update `free_replays` times per batch.
+        _, optimizer, _ = _build(
+            num_train=1000,
+            steps_per_epoch=10,
+            method=method,
+            epochs=4,
+            free_replays=replays,
+            lr_schedule="onecycle",
+        )
+        # "onecycle" peaks after 40% of the updates and reaches 0 at the last one.
+        optimizer.iterations.assign(int(0.4 * total) - 1)
+        self.assertAlmostEqual(float(optimizer.learning_rate), 1e-3, places=9)
+        optimizer.iterations.assign(int(0.4 * total) - 2)
+        self.assertLess(float(optimizer.learning_rate), 1e-3)
+        optimizer.iterations.assign(total - 1)
+        self.assertAlmostEqual(float(optimizer.learning_rate), 0.0, places=9)
+
+    def test_per_example_state_needs_the_training_set_size(self):
+        with self.assertRaisesRegex(ValueError, "needs `num_train`"):
+            _build(method="sq_free")
+        _, _, step = _build(method="sq_free", num_train=500)
+        self.assertEqual(step.state["perturbations"].shape, (500, 28, 28, 1))
 
     def test_same_seed_builds_the_same_weights_and_the_step_trains_them(self):
         model_a, _, step = _build(method="sq_natural", seed=4)

@@ -22,6 +22,12 @@ class TrainConfigTest(parameterized.TestCase):
         ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
         ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
         ("eps_warmup_steps", {"eps_warmup_steps": -1}, "eps_warmup_steps must be"),
+        ("lr_schedule", {"lr_schedule": "step"}, "lr_schedule must be one of constant"),
+        ("lr_drop_fraction", {"lr_drop_fraction": 1.0}, "lr_drop_fraction must be in"),
+        ("free_replays", {"method": "sq_free", "free_replays": 0}, "free_replays must be"),
+        ("free_step_size", {"method": "free", "free_step_size": 0.0}, "free_step_size must"),
+        ("free_init", {"free_init": "normal"}, "free_init must be one of uniform, zeros"),
+        ("free_memory_dtype", {"free_memory_dtype": "int8"}, "free_memory_dtype must be"),
     )
     def test_invalid_config(self, kwargs, pattern):
         with self.assertRaisesRegex(ValueError, pattern):
@@ -63,6 +69,15 @@ class TrainConfigTest(parameterized.TestCase):
     def test_message_names_the_field_the_requirement_and_the_value(self, kwargs, message):
         with self.assertRaisesWithLiteralMatch(ValueError, message):
             _config("unused", **kwargs).resolved()
+
+    def test_free_step_size_defaults_to_eps_for_the_free_methods_only(self):
+        for method in ("free", "sq_free"):
+            config = training.TrainConfig(method=method, eps=0.2).resolved()
+            self.assertEqual(config.free_step_size, 0.2)
+        # Other methods record no step they do not take, as runs before it existed.
+        self.assertIsNone(training.TrainConfig(method="sq_fgsm").resolved().free_step_size)
+        explicit = training.TrainConfig(method="sq_free", free_step_size=0.05).resolved()
+        self.assertEqual(explicit.free_step_size, 0.05)
 
     def test_optional_counts_accept_none(self):
         config = _config("unused", train_examples=None, eval_examples=None).resolved()

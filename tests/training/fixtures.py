@@ -1,4 +1,4 @@
-"""A small training configuration shared by the training tests."""
+"""A small training configuration shared by the training tests, and a step that dies."""
 
 from sq_keras import training
 
@@ -16,3 +16,33 @@ def small_config(model_dir, **kwargs):
         mixed_precision="float32",
     )
     return training.TrainConfig(**{**defaults, **kwargs})
+
+
+class Killed(Exception):
+    """What a step built by `dying_after` raises: the process "dies" there."""
+
+
+def dying_after(builder, calls):
+    """A step builder whose step runs `calls` times, then raises `Killed`.
+
+    Patch it into `training.STEP_BUILDERS` to kill a run mid-epoch; the step
+    keeps the `state` the loop checkpoints.
+    """
+
+    def build(*args, **kwargs):
+        step = builder(*args, **kwargs)
+        return _DyingStep(step, calls)
+
+    return build
+
+
+class _DyingStep:
+    def __init__(self, step, calls):
+        self._step, self._left = step, calls
+        self.state = getattr(step, "state", {})
+
+    def __call__(self, *batch):
+        if self._left == 0:
+            raise Killed
+        self._left -= 1
+        return self._step(*batch)

@@ -15,9 +15,11 @@ class MethodsTest(parameterized.TestCase):
 
     def test_soft_quantization_methods_are_the_sq_ones(self):
         quantized = sorted(k for k, m in training.METHODS.items() if m.quantizer)
-        self.assertEqual(quantized, ["sq_fgsm", "sq_natural", "sq_noisy"])
+        self.assertEqual(quantized, ["sq_fgsm", "sq_free", "sq_natural", "sq_noisy"])
         noisy = sorted(k for k, m in training.METHODS.items() if m.noise)
         self.assertEqual(noisy, ["noisy", "sq_noisy"])
+        indexed = sorted(k for k, m in training.METHODS.items() if m.indexed)
+        self.assertEqual(indexed, ["free", "sq_free"])
 
 
 if __name__ == "__main__":

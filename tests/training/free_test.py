@@ -1,0 +1,193 @@
+"""Tests for sq_keras.training.free: free adversarial training on real MNIST batches."""
+
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from sq_keras import attacks
+from sq_keras import data
+from sq_keras import models
+from sq_keras import training
+from tests.training.fixtures import Killed
+from tests.training.fixtures import dying_after
+from tests.training.fixtures import small_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EPS = 0.3
+
+
+def _mnist(n):
+    images, labels = data.load_arrays("mnist", f"train[:{n}]")
+    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+def _components(num_train, method="sq_free", **overrides):
+    config = training.TrainConfig(
+        dataset="mnist", method=method, eps=EPS, mixed_precision="float32", **overrides
+    ).resolved()
+    keras.utils.set_random_seed(0)
+    return training.build_components(
+        config, data.get_info("mnist"), tf.distribute.get_strategy(), num_train=num_train
+    )
+
+
+def _cross_entropy(model, images, labels):
+    logits = model(images, training=False)
+    return float(tf.reduce_mean(attacks.cross_entropy_loss(logits, labels)))
+
+
+def _model(quantizer):
+    keras.utils.set_random_seed(0)
+    # At alpha 100 the quantizer's own input derivative nearly vanishes.
+    return models.build(
+        "madry_mnist",
+        input_shape=(28, 28, 1),
+        num_classes=10,
+        soft_quantization={"num_thresholds": 1, "alpha": 100.0} if quantizer else None,
+    )
+
+
+class SharedBackwardPassTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("identity_stand_in", "identity"), ("smooth_stand_in", "smooth"), ("no_quantizer", None)
+    )
+    def test_input_gradient_is_the_bpda_one_and_weight_gradients_the_models(self, stand_in):
+        images, labels = _mnist(32)
+        model = _model(quantizer=stand_in is not None)
+        x = tf.constant(images)
+        shared = training.shared_backward_model(model, stand_in=stand_in or "identity")
+        # The float32 first convolution gets its fast input gradient.
+        self.assertIn("conv1_fast_input_gradient", [layer.name for layer in shared.layers])
+        np.testing.assert_array_equal(shared(x, training=True), model(x, training=True))
+
+        _, _, grads, input_grad = training.free.loss_and_gradients(
+            lambda v: shared(v, training=True), model.trainable_variables, x, labels
+        )
+        _, _, true_grad = attacks.loss_gradient(lambda v: model(v, training=True), x, labels)
+        expected_grad = true_grad
+        if stand_in:
+            bpda_model = attacks.bpda(model, stand_in=stand_in)
+            _, _, expected_grad = attacks.loss_gradient(bpda_model, x, labels)
+        tolerance = 1e-5 * np.abs(expected_grad).max()
+        np.testing.assert_allclose(input_grad, expected_grad, rtol=0, atol=tolerance)
+        if stand_in:
+            self.assertGreater(np.abs(expected_grad - true_grad).max(), 100 * tolerance)
+
+        # The weights, thresholds included, get the model's own gradient.
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(attacks.cross_entropy_loss(model(x, training=True), labels))
+        expected = tape.gradient(loss, model.trainable_variables)
+        for variable, got, want in zip(model.trainable_variables, grads, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.path)
+            self.assertGreater(np.abs(got).sum(), 0.0, variable.path)
+
+
+class PerturbationMemoryTest(parameterized.TestCase):
+    @parameterized.parameters("float32", "bfloat16")
+    def test_perturbed_examples_stay_in_the_eps_ball_and_raise_the_loss(self, dtype):
+        images, labels = _mnist(128)
+        model, _, step = _components(num_train=256, free_memory_dtype=dtype)
+        indices = np.arange(128)
+        for _ in range(3):
+            step(images, labels, indices)
+        perturbed = step.memory.start(tf.constant(images), indices, eps=EPS).numpy()
+        delta = perturbed - images
+        self.assertLessEqual(np.abs(delta).max(), EPS + 1e-6)
+        self.assertGreater(np.abs(delta).mean(), EPS / 3)
+        self.assertGreaterEqual(perturbed.min(), 0.0)
+        self.assertLessEqual(perturbed.max(), 1.0)
+        # Adversarial: a higher loss than uniform noise of the same radius.
+        noise = np.random.default_rng(0).uniform(-EPS, EPS, images.shape).astype(np.float32)
+        noisy = np.clip(images + noise, 0.0, 1.0)
+        self.assertGreater(
+            _cross_entropy(model, perturbed, labels), _cross_entropy(model, noisy, labels) + 0.1
+        )
+        memory = step.memory.variable.numpy().astype(np.float32)
+        if dtype == "float32":  # bfloat16 rounds eps = 0.3 up to 0.30078
+            self.assertLessEqual(np.abs(memory[:128]).max(), EPS + 1e-6)
+            self.assertGreaterEqual((images + memory[:128]).min(), -1e-6)
+            self.assertLessEqual((images + memory[:128]).max(), 1.0 + 1e-6)
+        # Examples not visited keep their uniform start in [-eps, eps].
+        unseen = memory[128:]
+        self.assertLessEqual(np.abs(unseen).max(), EPS * (1 + 2**-8))
+        self.assertAlmostEqual(np.abs(unseen).mean(), EPS / 2, delta=0.01)
+
+    @parameterized.parameters(1, 3)
+    def test_replays_carry_the_perturbation_from_one_update_to_the_next(self, replays):
+        images, labels = _mnist(64)
+        _, optimizer, step = _components(
+            num_train=64, free_init="zeros", free_step_size=0.1, free_replays=replays
+        )
+        _, _, n = step(images, labels, np.arange(64))
+        self.assertEqual(int(n), 64 * replays)
+        self.assertEqual(int(optimizer.iterations), replays)
+        # Each replay's signed step of 0.1 starts where the previous one ended.
+        largest = float(np.abs(step.memory.variable.numpy()).max())
+        self.assertAlmostEqual(largest, 0.1 * replays, places=5)
+
+    def test_a_step_visits_only_the_examples_it_is_given(self):
+        images, labels = _mnist(32)
+        _, _, step = _components(num_train=100, method="free", free_init="zeros")
+        indices = np.arange(50, 82)
+        step(images, labels, indices)
+        memory = step.memory.variable.numpy()
+        self.assertTrue(np.all(memory[:50] == 0) and np.all(memory[82:] == 0))
+        self.assertGreater(np.abs(memory[50:82]).mean(), 0.05)
+
+
+class FreeTrainingRunTest(parameterized.TestCase):
+    def test_a_run_killed_in_epoch_two_resumes_to_identical_metrics(self):
+        kwargs = dict(
+            method="sq_free", epochs=2, train_examples=600, eval_examples=500, deterministic=True
+        )
+        straight = training.train(small_config(self.create_tempdir().full_path, **kwargs))
+        model_dir = self.create_tempdir().full_path
+        # 6 steps per epoch: dies at step 3 of epoch 2, after the epoch-1 checkpoint.
+        dying = dying_after(training.build_free_step, 8)
+        with mock.patch.dict(training.STEP_BUILDERS, {"free": dying}):
+            with self.assertRaises(Killed):
+                training.train(small_config(model_dir, **kwargs))
+        checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        self.assertTrue(checkpoint.endswith("ckpt-1"))
+        stored = [shape for name, shape in tf.train.list_variables(checkpoint) if "perturb" in name]
+        self.assertEqual(stored, [[600, 28, 28, 1]])
+        lines = []
+        resumed = training.train(small_config(model_dir, **kwargs), log=lines.append)
+        self.assertTrue(any(line.startswith("Resumed from") for line in lines))
+        keys = ("epochs_done", "test_accuracy", "train_loss", "train_accuracy", "thresholds")
+        self.assertEqual({k: resumed[k] for k in keys}, {k: straight[k] for k in keys})
+
+    def test_streamed_datasets_are_refused(self):
+        with self.assertRaisesRegex(ValueError, "needs a dataset held in memory"):
+            training.TrainConfig(dataset="imagenet2012", method="sq_free").resolved()
+
+    def test_mirrored_two_replica_step_equals_one_replica_step(self):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), "sq_free"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            timeout=300,
+            cwd=ROOT,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.assertEqual(result["replicas"], 2)
+        self.assertEqual(result["examples"], [64, 64])
+        self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
+        self.assertGreater(result["max_weight_change"], 1e-4)
+        self.assertLess(result["max_weight_diff"], 1e-5)
+        # Both replicas wrote the whole global batch into one identical memory.
+        self.assertEqual(result["perturbations_share_equal"], 1.0)
+
+
+if __name__ == "__main__":
+    absltest.main()
