@@ -80,6 +80,35 @@ MNIST_VARIANTS = (
         "quantizer + uniform noise +-1.5 eps",
         candidate=True,
     ),
+    # Free adversarial training: the attack from the update's own backward
+    # pass, kept per example across epochs (~1.05x a natural step).
+    Variant(
+        "sq_free",
+        "sq_free",
+        note="quantizer + free adversarial training, step eps per visit",
+        candidate=True,
+    ),
+    Variant(
+        "sq_free_large_step",
+        "sq_free",
+        {"free_step_size": 0.375},
+        "as sq_free with a step of 1.25 eps per visit",
+        candidate=True,
+    ),
+    Variant(
+        "sq_free_piecewise",
+        "sq_free",
+        {"lr_schedule": "piecewise"},
+        "as sq_free, learning rate x0.1 for the second half of the steps",
+        candidate=True,
+    ),
+    Variant(
+        "sq_fgsm_piecewise",
+        "sq_fgsm",
+        {"lr_schedule": "piecewise"},
+        "as sq_fgsm, learning rate x0.1 for the second half of the steps",
+        candidate=True,
+    ),
     Variant("gradnorm", "gradnorm", note="CE + eps ||grad_x CE||_1 by double backpropagation"),
     Variant(
         "fgsm_rs",
