@@ -72,6 +72,16 @@ _TEST_UNSELECTED = flags.DEFINE_bool(
     "With --holdout_examples: attack every candidate recipe on the test set, not only the "
     "selected one and the paper's recipe.",
 )
+_SELECTION_ATTACKS = flags.DEFINE_list(
+    "selection_attacks",
+    None,
+    "Attacks of the held-out recipe selection (default: --attacks), e.g. a cheaper screen.",
+)
+_SELECT_ONLY = flags.DEFINE_bool(
+    "select_only",
+    False,
+    "With --holdout_examples: stop after the held-out selection; attack nothing on the test set.",
+)
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Training dtype policy."
 )
@@ -120,6 +130,8 @@ def main(argv):
             curve_examples=_CURVE_EXAMPLES.value,
             train_only=_TRAIN_ONLY.value,
             test_unselected=_TEST_UNSELECTED.value,
+            selection_attacks=_SELECTION_ATTACKS.value,
+            select_only=_SELECT_ONLY.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
     except (ValueError, data.DataError, training.TrainingError) as e:

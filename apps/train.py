@@ -76,6 +76,11 @@ _NUM_THRESHOLDS = flags.DEFINE_integer(
 _PER_CHANNEL = flags.DEFINE_boolean(
     "per_channel", _DEFAULTS.per_channel, "One threshold set per input channel."
 )
+_THRESHOLD_MARGIN = flags.DEFINE_float(
+    "threshold_margin",
+    _DEFAULTS.threshold_margin,
+    "Quantizer thresholds start evenly inside, and stay in, [m, 1 - m].",
+)
 _ALPHA_START = flags.DEFINE_float("alpha_start", _DEFAULTS.alpha_start, "Steepness, first epoch.")
 _ALPHA_END = flags.DEFINE_float("alpha_end", _DEFAULTS.alpha_end, "Steepness, last epoch.")
 _ALPHA_SCHEDULE = flags.DEFINE_enum(
@@ -208,6 +213,7 @@ def _train_config(policy):
         noise_scale=_NOISE_SCALE.value,
         num_thresholds=_NUM_THRESHOLDS.value,
         per_channel=_PER_CHANNEL.value,
+        threshold_margin=_THRESHOLD_MARGIN.value,
         alpha_start=_ALPHA_START.value,
         alpha_end=_ALPHA_END.value,
         alpha_schedule=_ALPHA_SCHEDULE.value,

@@ -18,23 +18,31 @@ set_alpha(model, 100.0)           # anneal: every SoftQuantization in `model`
 ```
 """
 
+import functools
+
 import keras
 from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="sq_keras")
 class SortedUnitInterval(keras.constraints.Constraint):
-    """Keeps the last axis of a weight sorted ascending and inside [0, 1].
+    """Keeps the last axis of a weight sorted ascending and inside [m, 1 - m].
 
     The optimiser applies it after every update, so learned thresholds never
     cross each other and never leave the input range.
+
+    Args:
+        margin: Distance m in [0, 0.5) kept from 0 and 1.
     """
 
+    def __init__(self, margin=0.0):
+        self.margin = float(margin)
+
     def __call__(self, w):
-        return ops.sort(ops.clip(w, 0.0, 1.0), axis=-1)
+        return ops.sort(ops.clip(w, self.margin, 1.0 - self.margin), axis=-1)
 
     def get_config(self):
-        return {}
+        return {"margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="sq_keras")
@@ -56,6 +64,10 @@ class SoftQuantization(keras.layers.Layer):
             Training always uses the soft staircase so thresholds can learn.
         trainable_thresholds: If False the thresholds stay at their initial,
             evenly spaced values.
+        threshold_margin: Thresholds start evenly spaced inside
+            [m, 1 - m] and are kept there. With m > eps, an input at exactly
+            0 or 1 (the modes of MNIST-like data) cannot be moved across a
+            threshold by an eps-bounded perturbation. 0 allows all of [0, 1].
         **kwargs: Base layer keyword arguments. The dtype policy defaults to
             float32 even under a mixed-precision global policy, see `call`.
 
@@ -78,6 +90,7 @@ class SoftQuantization(keras.layers.Layer):
         per_channel=False,
         hard=False,
         trainable_thresholds=True,
+        threshold_margin=0.0,
         **kwargs,
     ):
         # Steep sigmoids evaluated in 16 bits lose their plateaus: bfloat16
@@ -99,11 +112,17 @@ class SoftQuantization(keras.layers.Layer):
             )
         if not alpha > 0:
             raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
+        if not 0.0 <= threshold_margin < 0.5:
+            raise ValueError(
+                "`threshold_margin` must be in [0, 0.5). "
+                f"Received: threshold_margin={threshold_margin}"
+            )
         self.num_thresholds = num_thresholds
         self.initial_alpha = float(alpha)
         self.per_channel = bool(per_channel)
         self.hard = bool(hard)
         self.trainable_thresholds = bool(trainable_thresholds)
+        self.threshold_margin = float(threshold_margin)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -120,8 +139,8 @@ class SoftQuantization(keras.layers.Layer):
         self.thresholds = self.add_weight(
             name="thresholds",
             shape=shape,
-            initializer=_even_thresholds,
-            constraint=SortedUnitInterval(),
+            initializer=functools.partial(_even_thresholds, margin=self.threshold_margin),
+            constraint=SortedUnitInterval(self.threshold_margin),
             trainable=self.trainable_thresholds,
         )
         self.alpha = self.add_weight(
@@ -152,13 +171,15 @@ class SoftQuantization(keras.layers.Layer):
             "per_channel": self.per_channel,
             "hard": self.hard,
             "trainable_thresholds": self.trainable_thresholds,
+            "threshold_margin": self.threshold_margin,
         }
 
 
-def _even_thresholds(shape, dtype=None):
-    """t_k = k / (K + 1), k = 1..K: evenly inside (0, 1), broadcast per channel."""
+def _even_thresholds(shape, dtype=None, margin=0.0):
+    """t_k = m + (1 - 2m) k / (K + 1), k = 1..K: evenly inside (m, 1 - m),
+    broadcast per channel."""
     k = shape[-1]
-    values = ops.arange(1, k + 1, dtype="float32") / (k + 1)
+    values = margin + (1.0 - 2.0 * margin) * ops.arange(1, k + 1, dtype="float32") / (k + 1)
     return ops.cast(ops.broadcast_to(values, shape), dtype or "float32")
 
 

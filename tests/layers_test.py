@@ -129,6 +129,30 @@ class SoftQuantizationTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLessEqual(t.max(), 1.0)
         self.assertAllClose([0.0, 1.0, 1.0], t)
 
+    def test_threshold_margin_places_and_keeps_thresholds_inside(self):
+        inputs = keras.Input((3,))
+        q = SoftQuantization(num_thresholds=3, threshold_margin=0.35)
+        model = keras.Model(inputs, q(inputs))
+        # Evenly inside [0.35, 0.65] from the start.
+        self.assertAllClose([0.425, 0.5, 0.575], q.thresholds.numpy())
+        optimizer = keras.optimizers.SGD(1.0)
+        grads = [tf.constant([1.0, 0.0, -1.0])]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        self.assertAllClose([0.35, 0.5, 0.65], q.thresholds.numpy())
+        # A pixel at 0 or 1 moved by 0.3 stays on its plateau.
+        steep = SoftQuantization(num_thresholds=3, alpha=1000.0, threshold_margin=0.35)
+        x = np.array([[0.0, 0.3, 0.7, 1.0]], np.float32)
+        self.assertAllClose([[0.0, 0.0, 1.0, 1.0]], steep(x).numpy(), atol=1e-6)
+
+    def test_threshold_margin_survives_saving(self):
+        inputs = keras.Input((2,))
+        model = keras.Model(inputs, SoftQuantization(2, threshold_margin=0.4)(inputs))
+        path = os.path.join(self.get_temp_dir(), "m.keras")
+        model.save(path)
+        layer = keras.saving.load_model(path).layers[-1]
+        self.assertEqual(layer.threshold_margin, 0.4)
+        self.assertEqual(layer.thresholds.constraint.margin, 0.4)
+
     def test_works_inside_tf_data_map(self):
         layer = SoftQuantization(num_thresholds=1, alpha=1000.0)
         ds = tf.data.Dataset.from_tensor_slices(np.array([[0.2], [0.8]], np.float32))
@@ -153,6 +177,8 @@ class SoftQuantizationTest(tf.test.TestCase, parameterized.TestCase):
         ("zero_thresholds", {"num_thresholds": 0}),
         ("float_thresholds", {"num_thresholds": 1.5}),
         ("negative_alpha", {"alpha": -1.0}),
+        ("margin_too_large", {"threshold_margin": 0.5}),
+        ("negative_margin", {"threshold_margin": -0.1}),
     )
     def test_invalid_arguments(self, kwargs):
         with self.assertRaisesRegex(ValueError, "Received"):

@@ -128,7 +128,7 @@ def attack_variant(
     """
     path = os.path.join(suite.runs_dir, variant.name, "evaluation", filename)
     if os.path.exists(path):
-        return jsonio.read_json(path)
+        return _cached_report(path, suite.attacks)
     suite.log(f"== {variant.name}: attacking {len(examples.labels)} {examples.split} images")
     target = load_run(os.path.join(suite.runs_dir, variant.name), policy=suite.eval_policy)
     report = evaluation.evaluate(
@@ -143,7 +143,20 @@ def attack_variant(
         add_large_eps=add_large_eps,
     )
     report.metadata["split"] = examples.split
+    report.metadata["requested_attacks"] = list(suite.attacks)
     return evaluation.write_report(report, path)
+
+
+def _cached_report(path, attacks):
+    """The report in `path`, refused when it answers other attacks than `attacks`."""
+    report = jsonio.read_json(path)
+    requested = report.get("requested_attacks")
+    if requested is not None and list(requested) != list(attacks):
+        raise ValueError(
+            f"{path} holds a report of the attacks {', '.join(requested)}, not of "
+            f"{', '.join(attacks)}. Delete it to attack again with the new list."
+        )
+    return report
 
 
 def _epoch_weights(run_dir, epoch):

@@ -83,6 +83,8 @@ def run(
     timing_repeats=3,
     train_only=False,
     test_unselected=False,
+    selection_attacks=None,
+    select_only=False,
     command=None,
     log=print,
 ):
@@ -121,6 +123,10 @@ def run(
         test_unselected: With a held-out selection, attack every candidate on
             the test set; by default only the selected one and `baseline`
             candidates are (the others keep their held-out numbers).
+        selection_attacks: Attacks of the held-out selection (default:
+            `attacks`), e.g. a cheaper screen of many candidates.
+        select_only: Stop after the held-out selection (and its curves):
+            nothing is attacked on the test set.
         command: The command line that ran this, recorded in the output.
         log: Callable taking one line of progress text.
 
@@ -128,6 +134,8 @@ def run(
         The dict written to `<dataset>.json`.
     """
     _check_arguments(variants, train_examples=train_examples, holdout_examples=holdout_examples)
+    if select_only and not holdout_examples:
+        raise ValueError("`select_only` needs a held-out selection (`holdout_examples` > 0).")
     settings = settings or DEFAULT_SETTINGS
     attack_names = resolve_attacks(attacks)
     workspace = Workspace(dataset, runs_dir, data_dir, policy, eval_policy, log)
@@ -141,8 +149,13 @@ def run(
     suite = workspace.suite(attacks=list(attacks), settings=settings, source_name=source_name)
     test = load_split(dataset, "test", num_examples=num_examples, data_dir=data_dir)
     eps = float(eps_values[0])
+    selection_suite = suite
+    if selection_attacks is not None:
+        selection_suite = workspace.suite(
+            attacks=list(selection_attacks), settings=settings, source_name=source_name
+        )
     holdout = select_on_holdout(
-        suite, variants, train_examples, holdout_examples, eps=eps, data_dir=data_dir
+        selection_suite, variants, train_examples, holdout_examples, eps=eps, data_dir=data_dir
     )
     curves = measure_holdout_curves(
         suite,
@@ -152,10 +165,12 @@ def run(
         eps=eps,
         data_dir=data_dir,
     )
-    tested = choose_tested(variants, holdout, test_unselected=test_unselected)
+    tested = [] if select_only else choose_tested(
+        variants, holdout, test_unselected=test_unselected
+    )
     reports = attack_tested(suite, tested, test, eps_values=eps_values)
     reference = measure_reference(
-        suite, trained, costs, test, eps=eps, curve_examples=curve_examples
+        suite, trained, costs, test, eps=eps, curve_examples=0 if select_only else curve_examples
     )
     rows = build_rows(
         variants,
@@ -181,6 +196,8 @@ def run(
         "train_examples": train_examples,
         "holdout_examples": holdout_examples,
         "test_unselected": test_unselected,
+        "selection_attacks": list(selection_attacks or attacks),
+        "select_only": select_only,
         "environment": provenance.environment(),
         "selection": _selection(variants, holdout, tested),
         "reference_curve": reference.curve if reference is not None else None,

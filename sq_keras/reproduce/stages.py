@@ -77,10 +77,12 @@ class Workspace:
 
 
 def _train_one(variant, workspace, *, epochs, seed, train_examples):
+    # A variant's own "epochs" setting (e.g. fewer epochs of more replays)
+    # overrides the comparison's.
+    settings = {"epochs": epochs, **variant.settings}
     config = training.TrainConfig(
         dataset=workspace.dataset,
         method=variant.method,
-        epochs=epochs,
         seed=seed,
         train_examples=train_examples,
         model_dir=workspace.run_dir(variant.name),
@@ -90,9 +92,9 @@ def _train_one(variant, workspace, *, epochs, seed, train_examples):
         # Robustness after each epoch (the reference's and the candidates')
         # sets the cost to reach a given robustness.
         keep_epoch_weights=variant.name == REFERENCE or variant.candidate,
-        **variant.settings,
+        **settings,
     )
-    workspace.log(f"== {variant.name}: training ({variant.method}, {epochs} epochs)")
+    workspace.log(f"== {variant.name}: training ({variant.method}, {config.epochs} epochs)")
     return training.train(config, log=workspace.log)
 
 

@@ -109,6 +109,40 @@ MNIST_VARIANTS = (
         "as sq_fgsm, learning rate x0.1 for the second half of the steps",
         candidate=True,
     ),
+    Variant(
+        "sq_free_large_step_piecewise",
+        "sq_free",
+        {"free_step_size": 0.375, "lr_schedule": "piecewise"},
+        "as sq_free_large_step, learning rate x0.1 for the second half of the steps",
+        candidate=True,
+    ),
+    Variant(
+        "sq_free_onecycle",
+        "sq_free",
+        {"lr_schedule": "onecycle"},
+        "as sq_free, one-cycle learning rate (Wong et al. 2020)",
+        candidate=True,
+    ),
+    # Shafahi et al.'s free-m: m updates per minibatch, m-fold fewer epochs
+    # (3 epochs of 4 replays: 12 updates per image against sq_free's 10).
+    Variant(
+        "sq_free_replay4",
+        "sq_free",
+        {"free_replays": 4, "epochs": 3, "lr_schedule": "piecewise"},
+        "free-4: each minibatch 4 times in a row, 3 epochs, learning rate x0.1 for the "
+        "second half",
+        candidate=True,
+    ),
+    # Threshold placement: K = 3 thresholds kept in [0.35, 0.65], more than
+    # eps from MNIST's modes 0 and 1 (with free placement the lowest learned
+    # threshold settled within eps of black pixels).
+    Variant(
+        "sq_free_k3_margin",
+        "sq_free",
+        {"num_thresholds": 3, "threshold_margin": 0.35, "lr_schedule": "piecewise"},
+        "as sq_free_piecewise with K = 3 thresholds kept in [0.35, 0.65]",
+        candidate=True,
+    ),
     Variant("gradnorm", "gradnorm", note="CE + eps ||grad_x CE||_1 by double backpropagation"),
     Variant(
         "fgsm_rs",

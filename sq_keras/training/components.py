@@ -34,6 +34,7 @@ def quantizer_settings(config):
         "num_thresholds": config.num_thresholds,
         "alpha": alpha_at(config, 0),
         "per_channel": config.per_channel,
+        "threshold_margin": config.threshold_margin,
         "hard": config.hard_inference,
     }
 

@@ -50,6 +50,9 @@ class TrainConfig:
         num_thresholds: Thresholds K of the quantizer; None for the dataset's
             (1 for MNIST-like sets, 7 for 32x32 colour, 15 for ImageNet).
         per_channel: One threshold set per input channel.
+        threshold_margin: The quantizer's thresholds start evenly inside, and
+            stay in, [m, 1 - m]; m > eps keeps inputs at exactly 0 or 1 from
+            crossing one (see `SoftQuantization`).
         alpha_start: Quantizer steepness in the first epoch.
         alpha_end: Quantizer steepness in the last epoch (kept at export).
         alpha_schedule: "geometric", "linear" or "constant".
@@ -107,6 +110,7 @@ class TrainConfig:
     noise_scale: float = None
     num_thresholds: int = None
     per_channel: bool = False
+    threshold_margin: float = 0.0
     alpha_start: float = 10.0
     alpha_end: float = 100.0
     alpha_schedule: str = "geometric"
@@ -242,6 +246,7 @@ _CHECKS = (
     _in_unit_interval("eps"),
     _in_unit_interval("noise_scale"),
     _at_least("num_thresholds", 1),
+    _check("threshold_margin", lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     _at_least("eval_examples", 1, optional=True),
     _positive("alpha_start"),
     _positive("alpha_end"),

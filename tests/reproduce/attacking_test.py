@@ -80,6 +80,21 @@ class AttackingTest(absltest.TestCase):
         self.assertEqual(report, {"split": "train[0:3]", "worst_case_accuracy": 1.0})
         self.assertEqual(lines, [])
 
+    def test_cached_report_of_other_attacks_is_refused(self):
+        runs = self.create_tempdir().full_path
+        suite = attacking.Suite("mnist", runs, ["pgd"], None, None, "float32", print)
+        path = os.path.join(runs, "a", "evaluation", "holdout_report.json")
+        jsonio.write_json(path, {"requested_attacks": ["fgsm"], "worst_case_accuracy": 1.0})
+        examples = attacking.Examples("train[0:3]", np.zeros((3, 28, 28, 1)), np.zeros(3))
+        with self.assertRaisesRegex(ValueError, "attacks fgsm, not of pgd. Delete it"):
+            attacking.attack_variant(
+                suite,
+                reproduce.Variant("a", "natural"),
+                examples,
+                eps_values=[0.3],
+                filename="holdout_report.json",
+            )
+
     def test_cached_curve_is_read_back(self):
         run_dir = self.create_tempdir().full_path
         curve = {"attacks": list(reproduce.CURVE_ATTACKS), "eps": 0.3, "points": []}

@@ -8,6 +8,7 @@ from absl.testing import parameterized
 
 from sq_keras import evaluation
 from sq_keras import reproduce
+from sq_keras.reproduce import stages
 
 
 class ReproduceTest(parameterized.TestCase):
@@ -159,6 +160,31 @@ class ReproduceTest(parameterized.TestCase):
         with open(os.path.join(out, "mnist.json")) as f:
             self.assertEqual(json.load(f)["rows"], json.loads(json.dumps(again["rows"])))
 
+        # A selection with other attacks than the cached held-out reports is
+        # refused; --select_only stops after the selection.
+        with self.assertRaisesRegex(ValueError, "Delete it"):
+            reproduce.run(variants, **{**kwargs, "selection_attacks": ("fgsm",)})
+        lines = []
+        selected_only = reproduce.run(
+            variants,
+            **{**kwargs, "output_dir": os.path.join(root, "selection"), "log": lines.append},
+            selection_attacks=kwargs["attacks"],
+            select_only=True,
+        )
+        self.assertFalse(any("attacking" in line for line in lines))
+        self.assertTrue(selected_only["select_only"])
+        self.assertEqual(selected_only["selection"], again["selection"])
+        self.assertFalse(any(r["tested"] for r in selected_only["rows"]))
+        self.assertIsNone(selected_only["reference_curve"])
+
+    def test_a_variant_can_set_its_own_epochs(self):
+        runs = self.create_tempdir().full_path
+        workspace = stages.Workspace("mnist", runs, None, "float32", "float32", lambda _: None)
+        short = reproduce.Variant("short", "natural", {"epochs": 1})
+        trained = stages.train_all([short], workspace, epochs=3, seed=0, train_examples=256)
+        self.assertEqual(trained["short"].results["epochs_done"], 1)
+        self.assertLen(trained["short"].history, 1)
+
     def test_holdout_needs_train_examples(self):
         with self.assertRaisesRegex(ValueError, "train_examples"):
             reproduce.run(
@@ -169,6 +195,18 @@ class ReproduceTest(parameterized.TestCase):
                 output_dir="y",
                 num_examples=1,
                 holdout_examples=10,
+            )
+
+    def test_select_only_needs_a_selection(self):
+        with self.assertRaisesRegex(ValueError, "select_only"):
+            reproduce.run(
+                [reproduce.Variant("a", "natural", candidate=True)],
+                dataset="mnist",
+                epochs=1,
+                runs_dir="x",
+                output_dir="y",
+                num_examples=1,
+                select_only=True,
             )
 
     def test_duplicate_names_are_refused(self):

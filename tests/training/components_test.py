@@ -40,6 +40,12 @@ class BuildComponentsTest(parameterized.TestCase):
         (quantizer,) = layers.quantization_layers(model)
         self.assertEqual(quantizer.get_config()["hard"], hard)
 
+    def test_quantizer_gets_threshold_margin(self):
+        model, _, _ = _build(method="sq_fgsm", num_thresholds=3, threshold_margin=0.35)
+        (quantizer,) = layers.quantization_layers(model)
+        self.assertEqual(quantizer.threshold_margin, 0.35)
+        np.testing.assert_allclose(quantizer.thresholds.numpy(), [0.425, 0.5, 0.575], rtol=1e-6)
+
     def test_methods_without_quantizer_get_none(self):
         model, _, _ = _build(method="pgd_at")
         self.assertEqual(layers.quantization_layers(model), [])

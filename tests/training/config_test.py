@@ -18,6 +18,7 @@ class TrainConfigTest(parameterized.TestCase):
         ("batch", {"batch_size": 0}, "batch_size must be"),
         ("noise", {"noise": "salt"}, "noise must be one of"),
         ("thresholds", {"num_thresholds": 0}, "num_thresholds must be"),
+        ("threshold_margin", {"threshold_margin": 0.5}, "threshold_margin must be in"),
         ("pgd_steps", {"pgd_steps": 0}, "pgd_steps must be"),
         ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
         ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
