@@ -165,8 +165,8 @@ def run(
         eps=eps,
         data_dir=data_dir,
     )
-    tested = [] if select_only else choose_tested(
-        variants, holdout, test_unselected=test_unselected
+    tested = (
+        [] if select_only else choose_tested(variants, holdout, test_unselected=test_unselected)
     )
     reports = attack_tested(suite, tested, test, eps_values=eps_values)
     reference = measure_reference(

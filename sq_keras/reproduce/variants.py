@@ -129,8 +129,7 @@ MNIST_VARIANTS = (
         "sq_free_replay4",
         "sq_free",
         {"free_replays": 4, "epochs": 3, "lr_schedule": "piecewise"},
-        "free-4: each minibatch 4 times in a row, 3 epochs, learning rate x0.1 for the "
-        "second half",
+        "free-4: each minibatch 4 times in a row, 3 epochs, learning rate x0.1 for the second half",
         candidate=True,
     ),
     # Threshold placement: K = 3 thresholds kept in [0.35, 0.65], more than
