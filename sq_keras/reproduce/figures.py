@@ -68,7 +68,7 @@ def write_figures(rows, output_dir, dataset):
 
     Returns:
         `{"tradeoff": path, "sweep": path, "grad_l1": path}`; no `tradeoff`
-        when no tested row has a speed-up.
+        when no tested row has a speed-up, no `sweep` when no row was tested.
     """
 
     def path(name):
@@ -84,12 +84,11 @@ def write_figures(rows, output_dir, dataset):
             tradeoff,
             log_x=True,
         )
-    files["sweep"] = _figure(
-        path("robustness_vs_eps"),
-        "eps (l-inf)",
-        "worst-case robust accuracy (%)",
-        _sweep_curves(rows),
-    )
+    sweep = _sweep_curves(rows)
+    if sweep:
+        files["sweep"] = _figure(
+            path("robustness_vs_eps"), "eps (l-inf)", "worst-case robust accuracy (%)", sweep
+        )
     files["grad_l1"] = _figure(
         path("grad_l1"),
         "epoch",

@@ -68,7 +68,7 @@ def _row_line(row, columns, *, holdout):
         cells.append(_fmt(row.get("holdout_worst_case_accuracy")))
     checks = ", ".join(row["failed_checks"]) or "none"
     cells += [
-        checks if row["tested"] else "not attacked on the test set (not selected)",
+        checks if row["tested"] else "not attacked on the test set",
         f"{row['seconds_per_step']:.3f}",
         _fmt(row["seconds_per_epoch"], "{:.1f}"),
         str(row["epochs"]),
@@ -80,9 +80,15 @@ def _row_line(row, columns, *, holdout):
 
 def _table(rows, columns, eps):
     holdout = any("holdout_worst_case_accuracy" in r for r in rows)
-    num_examples = next(r["num_examples"] for r in rows if r["tested"])
+    tested = [r["num_examples"] for r in rows if r["tested"]]
+    title = (
+        f"Robust accuracy (%) at eps = {eps:g} on {tested[0]} test images."
+        if tested
+        else f"Held-out robust accuracy (%) at eps = {eps:g}; nothing was attacked on the "
+        "test set (a selection only)."
+    )
     return [
-        f"Robust accuracy (%) at eps = {eps:g} on {num_examples} test images.",
+        title,
         "",
         *_header(columns, holdout=holdout),
         *(_row_line(r, columns, holdout=holdout) for r in rows),
@@ -90,12 +96,16 @@ def _table(rows, columns, eps):
 
 
 def _selection_lines(selection):
+    attacks = selection.get("attacks")
+    over = " + ".join(attacks) if attacks else "the suite"
     text = (
-        f"Recipe selection: worst case over the suite on {selection['num_examples']} "
+        f"Recipe selection: worst case over {over} on {selection['num_examples']} "
         f"held-out training images (`{selection['split']}`, never trained on); "
         f"selected: `{selection['selected']}`."
     )
-    if selection.get("untested"):
+    if selection.get("untested") and not selection["tested_candidates"]:
+        text += " No candidate is attacked on the test set (a selection only)."
+    elif selection.get("untested"):
         tested = ", ".join(f"`{n}`" for n in selection["tested_candidates"])
         text += (
             f" Of the candidates, only {tested} (the selected one and the paper's recipe) "
@@ -149,7 +159,7 @@ def markdown(
     """The Markdown page of the comparison.
 
     Args:
-        rows: Rows of `table.build_rows`; at least one was tested.
+        rows: Rows of `table.build_rows`.
         columns: Attack columns, in order; those no row has are left out.
         eps: The table's radius.
         selection: The held-out selection record, or None.

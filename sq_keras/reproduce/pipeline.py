@@ -38,10 +38,10 @@ def _check_arguments(variants, *, train_examples, holdout_examples):
         )
 
 
-def _selection(variants, holdout, tested):
+def _selection(variants, holdout, tested, attacks):
     if holdout is None:
         return None
-    return holdout.record([v for v in variants if v.candidate], tested)
+    return {**holdout.record([v for v in variants if v.candidate], tested), "attacks": attacks}
 
 
 def _write_outputs(payload, *, output_dir, columns):
@@ -196,10 +196,9 @@ def run(
         "train_examples": train_examples,
         "holdout_examples": holdout_examples,
         "test_unselected": test_unselected,
-        "selection_attacks": list(selection_attacks or attacks),
         "select_only": select_only,
         "environment": provenance.environment(),
-        "selection": _selection(variants, holdout, tested),
+        "selection": _selection(variants, holdout, tested, list(selection_attacks or attacks)),
         "reference_curve": reference.curve if reference is not None else None,
         "holdout_curves": curves,
         "rows": rows,

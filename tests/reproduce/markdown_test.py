@@ -68,7 +68,7 @@ class MarkdownTest(absltest.TestCase):
         self.assertIn("| 10.00 | 12.50 | none |", picked)
         self.assertEqual(
             other,
-            "| other | - | - | - | 8.25 | not attacked on the test set (not selected) "
+            "| other | - | - | - | 8.25 | not attacked on the test set "
             "| 0.012 | 12.3 | 2 | - | - |",
         )
         self.assertIn("| 10.00 | - | none |", reference)
@@ -93,6 +93,26 @@ class MarkdownTest(absltest.TestCase):
         page = markdown.markdown([make_row("picked")], ["pgd"], 0.3, selection=selection)
         self.assertIn("selected: `picked`.\n", page)
         self.assertNotIn("Of the candidates", page)
+
+    def test_a_selection_only_page(self):
+        rows = [make_row("a", tested=False, holdout_worst_case_accuracy=91.2)]
+        selection = {
+            "split": "train[50000:50500]",
+            "num_examples": 500,
+            "selected": "a",
+            "tested_candidates": [],
+            "untested": ["a"],
+            "attacks": ["bpda_identity:apgd_ce", "bpda_identity:apgd_dlr"],
+        }
+        page = markdown.markdown(rows, ["pgd"], 0.3, selection=selection)
+        self.assertIn("nothing was attacked on the test set (a selection only).", page)
+        self.assertIn(
+            "Recipe selection: worst case over bpda_identity:apgd_ce + bpda_identity:apgd_dlr "
+            "on 500 held-out training images (`train[50000:50500]`, never trained on); "
+            "selected: `a`. No candidate is attacked on the test set (a selection only).",
+            page,
+        )
+        self.assertIn("| a | - | - | 91.20 | not attacked on the test set |", page)
 
     def test_curve_and_provenance(self):
         curve = {

@@ -173,9 +173,12 @@ class ReproduceTest(parameterized.TestCase):
         )
         self.assertFalse(any("attacking" in line for line in lines))
         self.assertTrue(selected_only["select_only"])
-        self.assertEqual(selected_only["selection"], again["selection"])
+        for key in ("selected", "worst_case_accuracy", "attacks"):
+            self.assertEqual(selected_only["selection"][key], again["selection"][key])
+        self.assertEqual(selected_only["selection"]["tested_candidates"], [])
         self.assertFalse(any(r["tested"] for r in selected_only["rows"]))
         self.assertIsNone(selected_only["reference_curve"])
+        self.assertEqual(set(selected_only["figures"]), {"grad_l1"})
 
     def test_a_variant_can_set_its_own_epochs(self):
         runs = self.create_tempdir().full_path
