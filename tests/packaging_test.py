@@ -179,8 +179,11 @@ def _requirement_name(requirement):
 def _third_party_imports(*directories):
     """Top-level names of the modules imported by the .py files under `directories`."""
     names = set()
+    # A script may import a sibling module of its own folder.
+    siblings = set()
     for directory in directories:
         for path in glob.glob(os.path.join(ROOT, directory, "**", "*.py"), recursive=True):
+            siblings.add(os.path.splitext(os.path.basename(path))[0])
             with open(path) as f:
                 tree = ast.parse(f.read(), path)
             for node in ast.walk(tree):
@@ -188,7 +191,7 @@ def _third_party_imports(*directories):
                     names.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     names.add(node.module.split(".")[0])
-    first_party = {"sq_keras", "apps", "tests", "benchmarks"}
+    first_party = {"sq_keras", "apps", "tests", "benchmarks"} | siblings
     return {n for n in names if n not in first_party and n not in sys.stdlib_module_names}
 
 
