@@ -72,6 +72,12 @@ _TEST_UNSELECTED = flags.DEFINE_bool(
     "With --holdout_examples: attack every candidate recipe on the test set, not only the "
     "selected one and the paper's recipe.",
 )
+_TIMING_STEPS = flags.DEFINE_integer(
+    "timing_steps", 20, "Steps per variant and repeat of the round-robin step timing."
+)
+_TIMING_REPEATS = flags.DEFINE_integer(
+    "timing_repeats", 5, "Repeats of the round-robin step timing (the median is kept)."
+)
 _SELECTION_ATTACKS = flags.DEFINE_list(
     "selection_attacks",
     None,
@@ -130,6 +136,8 @@ def main(argv):
             curve_examples=_CURVE_EXAMPLES.value,
             train_only=_TRAIN_ONLY.value,
             test_unselected=_TEST_UNSELECTED.value,
+            timing_steps=_TIMING_STEPS.value,
+            timing_repeats=_TIMING_REPEATS.value,
             selection_attacks=_SELECTION_ATTACKS.value,
             select_only=_SELECT_ONLY.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),

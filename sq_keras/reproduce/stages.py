@@ -144,7 +144,8 @@ class StepCosts:
 def time_steps(variants, workspace, *, steps, repeats):
     """Times the train step of every variant round-robin (cached in `step_costs.json`).
 
-    A cached timing is reused when it covers every variant.
+    A cached timing is reused when it covers every variant with the same
+    `steps` and `repeats`.
 
     Returns:
         The `StepCosts`.
@@ -153,7 +154,8 @@ def time_steps(variants, workspace, *, steps, repeats):
     names = [v.name for v in variants]
     if os.path.exists(path):
         cached = StepCosts(**jsonio.read_json(path))
-        if set(names) <= set(cached.seconds_per_step):
+        same = (cached.steps, cached.repeats) == (steps, repeats)
+        if same and set(names) <= set(cached.seconds_per_step):
             return cached
     workspace.log(f"== timing the train step of {', '.join(names)} round-robin")
     configs = {

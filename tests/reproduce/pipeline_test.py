@@ -33,6 +33,8 @@ class ReproduceTest(parameterized.TestCase):
             train_examples=600,
             holdout_examples=40,
             curve_examples=20,
+            timing_steps=5,
+            timing_repeats=3,
             log=lambda line: None,
         )
         # By default the test set attacks only the selected candidate (and the

@@ -1,4 +1,4 @@
-"""Tests for sq_keras.reproduce.stages that need no training."""
+"""Tests for sq_keras.reproduce.stages that need no training run."""
 
 import os
 
@@ -90,6 +90,11 @@ class CachedStagesTest(absltest.TestCase):
         costs = stages.time_steps(CANDIDATES[:2], workspace, steps=5, repeats=3)
         self.assertEqual(costs, stages.StepCosts(**cached))
         self.assertEqual(lines, [])
+        # Another timing budget times again.
+        costs = stages.time_steps(CANDIDATES[:1], workspace, steps=1, repeats=1)
+        self.assertEqual((costs.steps, costs.repeats), (1, 1))
+        self.assertEqual(list(costs.seconds_per_step), ["a"])
+        self.assertTrue(any("round-robin" in line for line in lines))
 
     def test_no_selection_without_held_out_images_or_candidates(self):
         suite = attacking.Suite("mnist", "x", ["pgd"], None, None, "float32", print)
