@@ -39,6 +39,7 @@ def _check_arguments(variants, *, train_examples, holdout_examples):
 
 
 def _selection(variants, holdout, tested, attacks):
+    """The selection record; `attacks` are the selection's own (None: the suite's)."""
     if holdout is None:
         return None
     return {**holdout.record([v for v in variants if v.candidate], tested), "attacks": attacks}
@@ -198,7 +199,9 @@ def run(
         "test_unselected": test_unselected,
         "select_only": select_only,
         "environment": provenance.environment(),
-        "selection": _selection(variants, holdout, tested, list(selection_attacks or attacks)),
+        "selection": _selection(
+            variants, holdout, tested, list(selection_attacks) if selection_attacks else None
+        ),
         "reference_curve": reference.curve if reference is not None else None,
         "holdout_curves": curves,
         "rows": rows,

@@ -175,8 +175,10 @@ class ReproduceTest(parameterized.TestCase):
         )
         self.assertFalse(any("attacking" in line for line in lines))
         self.assertTrue(selected_only["select_only"])
-        for key in ("selected", "worst_case_accuracy", "attacks"):
+        for key in ("selected", "worst_case_accuracy"):
             self.assertEqual(selected_only["selection"][key], again["selection"][key])
+        self.assertIsNone(again["selection"]["attacks"])
+        self.assertEqual(selected_only["selection"]["attacks"], list(kwargs["attacks"]))
         self.assertEqual(selected_only["selection"]["tested_candidates"], [])
         self.assertFalse(any(r["tested"] for r in selected_only["rows"]))
         self.assertIsNone(selected_only["reference_curve"])
