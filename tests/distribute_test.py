@@ -14,6 +14,7 @@ from absl.testing import parameterized
 
 import sq_keras.layers  # noqa: F401  (registers SoftQuantization for load_model)
 from sq_keras import distribute
+from tests.testing_utils import run_mirrored_probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,16 +36,7 @@ def _free_ports(n):
 class StrategyTest(parameterized.TestCase):
     def _probe(self, *args):
         """Runs tests/mirrored_step_probe.py and returns the JSON it prints."""
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), *args],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=300,
-            cwd=ROOT,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run_mirrored_probe(self, *args)
 
     def test_mirrored_step_equals_single_device_step(self):
         result = self._probe()

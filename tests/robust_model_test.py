@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -15,6 +13,7 @@ import sq_keras
 from sq_keras import data
 from sq_keras import layers
 from sq_keras import training
+from tests.testing_utils import run_mirrored_probe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,17 +202,7 @@ class RobustModelFitTest(parameterized.TestCase):
 
     def _probe(self, method):
         """tests/mirrored_step_probe.py's `robust_fit` comparison, as JSON."""
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py")]
-            + ["robust_fit", method],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            timeout=300,
-            cwd=ROOT,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run_mirrored_probe(self, "robust_fit", method)
 
     def test_mirrored_fit_equals_single_device_fit(self):
         # gradnorm has no randomness: both ways must take the same step.

@@ -3,6 +3,7 @@
 import dataclasses
 import gzip
 import io
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,25 @@ _SERVE = textwrap.dedent(
     np.savez(out_path, **{k: v.numpy() for k, v in out.items()})
     """
 )
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_mirrored_probe(test, *args):
+    """Runs tests/mirrored_step_probe.py with `args` in a fresh process (it
+    needs two virtual CPU devices before TensorFlow starts) and returns the
+    JSON it prints; `test` asserts that the probe exited cleanly."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(_ROOT, "tests", "mirrored_step_probe.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": _ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=300,
+        cwd=_ROOT,
+    )
+    test.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def serve_in_fresh_process(export_dir, images, workdir, signature="serving_default"):

@@ -1,9 +1,6 @@
 """Tests for sq_keras.training.free: free adversarial training on real MNIST batches."""
 
-import json
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import keras
@@ -16,6 +13,7 @@ from sq_keras import attacks
 from sq_keras import data
 from sq_keras import models
 from sq_keras import training
+from tests.testing_utils import run_mirrored_probe
 from tests.training.fixtures import Killed
 from tests.training.fixtures import dying_after
 from tests.training.fixtures import small_config
@@ -170,16 +168,7 @@ class FreeTrainingRunTest(parameterized.TestCase):
             training.TrainConfig(dataset="imagenet2012", method="sq_free").resolved()
 
     def test_mirrored_two_replica_step_equals_one_replica_step(self):
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tests", "mirrored_step_probe.py"), "sq_free"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            timeout=300,
-            cwd=ROOT,
-        )
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = run_mirrored_probe(self, "sq_free")
         self.assertEqual(result["replicas"], 2)
         self.assertEqual(result["examples"], [64, 64])
         self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
