@@ -32,7 +32,7 @@ _METHOD = flags.DEFINE_enum(
     "method",
     None,
     sorted(training.METHODS),
-    "Default: the dataset's (sq_fgsm for MNIST, chosen on held-out data; sq_noisy elsewhere). "
+    "Default: the dataset's (sq_free for MNIST, chosen on held-out data; sq_noisy elsewhere). "
     + "; ".join(f"{k}: {m.description}" for k, m in sorted(training.METHODS.items()))
     + ".",
 )
@@ -48,7 +48,8 @@ _LR_SCHEDULE = flags.DEFINE_enum(
     list(training.LR_SCHEDULES),
     "Learning rate per optimizer step: constant; piecewise (x0.1 for the last "
     "--lr_drop_fraction of the steps); cosine (to 0); onecycle (linear 0 -> "
-    "--learning_rate at 40% -> 0, Wong et al. 2020).",
+    "--learning_rate at 40% -> 0, Wong et al. 2020); default: the dataset's (piecewise "
+    "for MNIST, constant elsewhere).",
 )
 _LR_DROP_FRACTION = flags.DEFINE_float(
     "lr_drop_fraction",
@@ -116,13 +117,13 @@ _STAND_IN = flags.DEFINE_enum(
     "stand_in",
     _DEFAULTS.stand_in,
     list(attacks.STAND_INS),
-    "BPDA stand-in of the quantizer used by training attacks (sq_fgsm).",
+    "BPDA stand-in of the quantizer used by training attacks (sq_fgsm, sq_free).",
 )
 _FREE_STEP_SIZE = flags.DEFINE_float(
     "free_step_size",
     None,
     "free, sq_free: signed-gradient step of each example's kept perturbation per visit "
-    "(and replay); default: --eps.",
+    "(and replay); default: the dataset's multiple of --eps (1.25 for MNIST, 1 elsewhere).",
 )
 _FREE_REPLAYS = flags.DEFINE_integer(
     "free_replays",

@@ -79,7 +79,7 @@ class Workspace:
 def _train_one(variant, workspace, *, epochs, seed, train_examples):
     # A variant's own "epochs" setting (e.g. fewer epochs of more replays)
     # overrides the comparison's.
-    settings = {"epochs": epochs, **variant.settings}
+    settings = {"epochs": epochs, **variant.train_settings()}
     config = training.TrainConfig(
         dataset=workspace.dataset,
         method=variant.method,
@@ -163,7 +163,7 @@ def time_steps(variants, workspace, *, steps, repeats):
             dataset=workspace.dataset,
             method=v.method,
             mixed_precision=workspace.policy,
-            **v.settings,
+            **v.train_settings(),
         )
         for v in variants
     }

@@ -26,7 +26,7 @@ def _base(variant, trained, *, per_epoch, step_seconds, tested):
     return {
         "name": variant.name,
         "method": variant.method,
-        "settings": variant.settings,
+        "settings": variant.train_settings(),
         "note": variant.note,
         "epochs": trained.results["epochs_done"],
         "seconds_per_epoch": per_epoch,

@@ -7,7 +7,7 @@ The resolved configuration is what `config.json` records.
 
 ```python
 config = TrainConfig(dataset="mnist", epochs=3).resolved()
-config.method, config.eps          # ("sq_fgsm", 0.3)
+config.method, config.eps          # ("sq_free", 0.3)
 TrainConfig(eps=2.0).resolved()    # ValueError: eps must be in [0, 1]. Received: 2.0
 ```
 """
@@ -31,7 +31,7 @@ class TrainConfig:
 
     Attributes:
         dataset: Key of `sq_keras.data.DATASETS`.
-        method: Key of `METHODS`; None for the dataset's (`sq_fgsm` for
+        method: Key of `METHODS`; None for the dataset's (`sq_free` for
             MNIST, `sq_noisy` elsewhere).
         model: Key of `sq_keras.models.MODELS`; None for the dataset's.
         epochs: Number of passes over the training set.
@@ -40,7 +40,8 @@ class TrainConfig:
             `lr_schedule`).
         lr_schedule: One of `LR_SCHEDULES`, over the run's optimiser steps:
             "constant", "piecewise" (x0.1 for the last `lr_drop_fraction`),
-            "cosine" or "onecycle" (see `schedules.LearningRate`).
+            "cosine" or "onecycle" (see `schedules.LearningRate`); None for
+            the dataset's ("piecewise" for MNIST, "constant" elsewhere).
         lr_drop_fraction: "piecewise": share of the steps at the lowered rate.
         eps: Threat radius in [0, 1] pixel units; None for the dataset's.
         augment: Training augmentation, one of `sq_keras.data.AUGMENTATIONS`;
@@ -65,7 +66,8 @@ class TrainConfig:
             "identity" (straight-through) or "smooth".
         gradnorm_weight: Weight of the gradient penalty of `gradnorm`.
         free_step_size: Signed-gradient step of `free` / `sq_free` per visit
-            (and replay); None means `eps`.
+            (and replay); None for the dataset's multiple of `eps` (1.25 eps
+            for MNIST, eps elsewhere).
         free_replays: `free` / `sq_free`: updates on each minibatch in a row,
             the perturbation carried from one to the next.
         free_init: Initial perturbation memory of `free` / `sq_free`,
@@ -102,7 +104,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
+    lr_schedule: str = None
     lr_drop_fraction: float = 0.5
     eps: float = None
     augment: str = None
@@ -148,6 +150,7 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             method=method,
+            lr_schedule=self.lr_schedule or info.lr_schedule,
             model=self.model or info.model,
             eps=eps,
             augment=info.augment if self.augment is None else self.augment,
@@ -156,15 +159,15 @@ class TrainConfig:
             ),
             noise_scale=eps if self.noise_scale is None else float(self.noise_scale),
             fgsm_step_size=1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size,
-            free_step_size=self._free_step_size(method, eps),
+            free_step_size=self._free_step_size(method, eps, info.free_step_scale),
         )
 
-    def _free_step_size(self, method, eps):
-        """`eps` for the free methods when unset; other methods keep None."""
+    def _free_step_size(self, method, eps, scale):
+        """`scale * eps` for the free methods when unset; other methods keep None."""
         if self.free_step_size is not None:
             return self.free_step_size
         spec = METHODS.get(method)
-        return eps if spec is not None and spec.step == "free" else None
+        return scale * eps if spec is not None and spec.step == "free" else None
 
     def validate(self):
         """Returns `self` if every check passes.

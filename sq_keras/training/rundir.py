@@ -43,6 +43,10 @@ RESUME_FREE_KEYS = (
     "keep_epoch_weights",
 )
 
+# Options whose default became the dataset's: the value a run recorded before
+# the option existed trained with.
+_EARLIER_DEFAULTS = {"lr_schedule": "constant"}
+
 # What `--overwrite` removes of a different run.
 RUN_OUTPUTS = ("checkpoints", "logs", "history.json", "results.json", "model.keras")
 
@@ -121,6 +125,7 @@ def prepare_model_dir(config, *, environment):
     if os.path.exists(path):
         previous = jsonio.read_json(path)
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        defaults.update(_EARLIER_DEFAULTS)
         diffs = config_differences(previous, record, defaults)
         if diffs and not config.overwrite:
             raise _different_run_error(config.model_dir, diffs)

@@ -13,7 +13,7 @@ from sq_keras import training
 
 def _build(num_train=None, steps_per_epoch=None, **kwargs):
     config = training.TrainConfig(
-        **{"dataset": "mnist", "mixed_precision": "float32", **kwargs}
+        **{"dataset": "mnist", "mixed_precision": "float32", "lr_schedule": "constant", **kwargs}
     ).resolved()
     keras.utils.set_random_seed(config.seed)
     return training.build_components(

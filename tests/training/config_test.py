@@ -5,6 +5,7 @@ import dataclasses
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from sq_keras import reproduce
 from sq_keras import training
 from tests.training.fixtures import small_config as _config
 
@@ -35,12 +36,25 @@ class TrainConfigTest(parameterized.TestCase):
             training.train(_config(self.create_tempdir().full_path, **kwargs))
 
     def test_default_method_is_the_datasets_selected_recipe(self):
-        # MNIST's default is the recipe apps.reproduce chose on held-out data;
-        # datasets without that comparison train the paper's recipe.
-        self.assertEqual(training.TrainConfig(dataset="mnist").resolved().method, "sq_fgsm")
-        self.assertEqual(training.TrainConfig(dataset="cifar10").resolved().method, "sq_noisy")
-        explicit = training.TrainConfig(dataset="mnist", method="natural").resolved()
-        self.assertEqual(explicit.method, "natural")
+        # MNIST's default is the recipe apps.reproduce chose on held-out data
+        # (sq_free_large_step_piecewise); datasets without that comparison
+        # train the paper's recipe at a constant rate.
+        mnist = training.TrainConfig(dataset="mnist").resolved()
+        self.assertEqual(
+            (mnist.method, mnist.free_step_size, mnist.lr_schedule), ("sq_free", 0.375, "piecewise")
+        )
+        cifar10 = training.TrainConfig(dataset="cifar10").resolved()
+        self.assertEqual((cifar10.method, cifar10.lr_schedule), ("sq_noisy", "constant"))
+        explicit = training.TrainConfig(
+            dataset="mnist", method="natural", lr_schedule="constant"
+        ).resolved()
+        self.assertEqual((explicit.method, explicit.lr_schedule), ("natural", "constant"))
+
+    def test_the_default_recipe_matches_its_comparison_row(self):
+        # The row apps.reproduce selected trains exactly what the default does.
+        row = next(v for v in reproduce.MNIST_VARIANTS if v.name == "sq_free_large_step_piecewise")
+        from_row = training.TrainConfig(method=row.method, **row.train_settings()).resolved()
+        self.assertEqual(from_row, training.TrainConfig().resolved())
 
     @parameterized.named_parameters(
         (
@@ -71,10 +85,12 @@ class TrainConfigTest(parameterized.TestCase):
         with self.assertRaisesWithLiteralMatch(ValueError, message):
             _config("unused", **kwargs).resolved()
 
-    def test_free_step_size_defaults_to_eps_for_the_free_methods_only(self):
+    def test_free_step_size_defaults_to_the_datasets_multiple_of_eps_for_free_methods_only(self):
         for method in ("free", "sq_free"):
             config = training.TrainConfig(method=method, eps=0.2).resolved()
-            self.assertEqual(config.free_step_size, 0.2)
+            self.assertAlmostEqual(config.free_step_size, 0.25)
+            config = training.TrainConfig(dataset="cifar10", method=method, eps=0.02).resolved()
+            self.assertEqual(config.free_step_size, 0.02)
         # Other methods record no step they do not take, as runs before it existed.
         self.assertIsNone(training.TrainConfig(method="sq_fgsm").resolved().free_step_size)
         explicit = training.TrainConfig(method="sq_free", free_step_size=0.05).resolved()

@@ -42,7 +42,7 @@ class PrepareModelDirTest(parameterized.TestCase):
         written = _read(os.path.join(model_dir, "config.json"))
         self.assertEqual(written, record)
         self.assertEqual(written["environment"], _ENV_A)
-        self.assertEqual(written["method"], "sq_fgsm")
+        self.assertEqual(written["method"], "sq_free")
         self.assertNotIn("resumed_environments", written)
 
     def test_different_config_is_refused_with_every_difference_listed(self):
@@ -86,6 +86,19 @@ class PrepareModelDirTest(parameterized.TestCase):
         rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
         with self.assertRaisesRegex(training.TrainingError, "eps_warmup_steps: was 0, now 5"):
             rundir.prepare_model_dir(_config(model_dir, eps_warmup_steps=5), environment=_ENV_A)
+
+    def test_run_recorded_before_schedules_existed_trained_at_a_constant_rate(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir, lr_schedule="constant"), environment=_ENV_A)
+        path = os.path.join(model_dir, "config.json")
+        record = _read(path)
+        del record["lr_schedule"]
+        with open(path, "w") as f:
+            json.dump(record, f)
+        rundir.prepare_model_dir(_config(model_dir, lr_schedule="constant"), environment=_ENV_A)
+        # MNIST's default schedule is now piecewise: not what that run trained with.
+        with self.assertRaisesRegex(training.TrainingError, "lr_schedule: was 'constant'"):
+            rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
 
     def test_overwrite_clears_the_old_runs_files(self):
         model_dir = self.create_tempdir().full_path

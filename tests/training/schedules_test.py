@@ -37,7 +37,7 @@ def _rates(kind, total_steps=10, **kwargs):
 
 class LearningRateTest(parameterized.TestCase):
     def test_constant_is_the_configured_rate_itself(self):
-        config = training.TrainConfig(learning_rate=3e-4).resolved()
+        config = training.TrainConfig(learning_rate=3e-4, lr_schedule="constant").resolved()
         self.assertEqual(training.learning_rate(config, total_steps=None), 3e-4)
         self.assertIsInstance(training.learning_rate(config, total_steps=100), float)
 
