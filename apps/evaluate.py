@@ -1,11 +1,11 @@
 r"""Evaluates a classifier's l-inf robustness with a suite of strong attacks.
 
 Usage:
-  python -m apps.evaluate --model=runs/mnist_sq_fgsm --num_examples=500
-  python -m apps.evaluate --model=runs/mnist_sq_fgsm/model.keras \
+  python -m apps.evaluate --model=runs/mnist_sq_free --num_examples=500
+  python -m apps.evaluate --model=runs/mnist_sq_free/model.keras \
       --attacks=strong --eps=0.3 --pgd_steps=100 --restarts=5 \
       --square_queries=5000 --source_model=runs/mnist_natural \
-      --output=results/sq_fgsm.json --logdir=results/tb
+      --output=results/sq_free.json --logdir=results/tb
 
 --model is a .keras file or a training --model_dir (all attacks, BPDA
 included), or a SavedModel directory or training --export_dir of numbered
@@ -20,7 +20,7 @@ rerunning the same command after a crash skips the finished batches and
 gives the same report. A run with other settings there is refused (the
 differences are listed) unless --overwrite.
 
-  python -m apps.evaluate --model=runs/mnist_sq_fgsm --attacks=autoattack
+  python -m apps.evaluate --model=runs/mnist_sq_free --attacks=autoattack
 
 runs AutoAttack's attacks as a cascade (through BPDA on a quantized model);
 --worst_case_only runs any attack list that way.
@@ -234,20 +234,14 @@ def _plan(target):
 
 def _store(output, dataset, policy, target):
     """The `BatchStore` beside `output`, describing what the app adds to the run."""
-    model_file = target.path
-    if os.path.isdir(model_file) and os.path.isfile(os.path.join(model_file, "model.keras")):
-        model_file = os.path.join(model_file, "model.keras")
-    source = _SOURCE_MODEL.value
-    run = {
-        "model_sha256": evaluation.file_digest(model_file),
-        "model_commit": target.config.get("environment", {}).get("git_commit"),
-        "source_model": source,
-        "source_model_sha256": evaluation.file_digest(source) if source else None,
-        "dataset": dataset,
-        "split": _SPLIT.value,
-        "mixed_precision": policy,
-        "strategy": _STRATEGY.value,
-    }
+    run = evaluation.model_run(
+        target,
+        dataset=dataset,
+        split=_SPLIT.value,
+        policy=policy,
+        strategy=_STRATEGY.value,
+        source_path=_SOURCE_MODEL.value,
+    )
     return evaluation.BatchStore(
         evaluation.batches_dir(output),
         run=run,

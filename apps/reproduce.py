@@ -88,6 +88,12 @@ _SELECT_ONLY = flags.DEFINE_bool(
     False,
     "With --holdout_examples: stop after the held-out selection; attack nothing on the test set.",
 )
+_HEADLINE_EXAMPLES = flags.DEFINE_integer(
+    "headline_examples",
+    0,
+    "Also attack the selected recipe and pgd_at with the autoattack cascade on this many test "
+    "images (e.g. 10000), resuming from finished batches (0: none).",
+)
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Training dtype policy."
 )
@@ -140,6 +146,7 @@ def main(argv):
             timing_repeats=_TIMING_REPEATS.value,
             selection_attacks=_SELECTION_ATTACKS.value,
             select_only=_SELECT_ONLY.value,
+            headline_examples=_HEADLINE_EXAMPLES.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
     except (ValueError, data.DataError, training.TrainingError) as e:

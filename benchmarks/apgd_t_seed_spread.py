@@ -13,7 +13,7 @@ implementation as a lower rate on ours.
 Needs PyTorch and the reference AutoAttack, as `reference_autoattack.py`.
 
 Usage:
-  python benchmarks/apgd_t_seed_spread.py --model=runs/mnist_sq_fgsm \
+  python benchmarks/apgd_t_seed_spread.py --model=runs/mnist_sq_free \
       --indices=431,460 --seeds=20
 """
 

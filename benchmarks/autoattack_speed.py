@@ -15,7 +15,7 @@ batches and the two may differ on a few examples: the examples robust in one
 mode only are counted and printed.
 
 Usage:
-  python benchmarks/autoattack_speed.py --model=runs/mnist_sq_fgsm \
+  python benchmarks/autoattack_speed.py --model=runs/mnist_sq_free \
       --num_examples=200 --output=results/autoattack_speed.json
 """
 
@@ -42,7 +42,7 @@ PRESET = "autoattack"
 WARM_UP = 4  # Examples of the untimed warm-up run.
 
 _MODEL = flags.DEFINE_string(
-    "model", "runs/mnist_sq_fgsm", "A .keras file or training model_dir (BPDA needs Keras)."
+    "model", "runs/mnist_sq_free", "A .keras file or training model_dir (BPDA needs Keras)."
 )
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 500, "First N test examples.")
 _EPS = flags.DEFINE_float("eps", None, "l-inf radius; default: the model's config, else 0.3.")

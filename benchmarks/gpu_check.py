@@ -4,7 +4,7 @@ Trains MNIST for a few epochs under `mixed_float16` with `python -m apps.train`
 (a `LossScaleOptimizer` scales the loss), then checks that the loss fell,
 that loss scaling ran, and that the SavedModel export serves float32 images
 as the trained Keras model predicts them; then times a `natural` and the
-default (`sq_fgsm`) train step side by side (`sq_keras.throughput`) and PGD-40
+default (`sq_free`) train step side by side (`sq_keras.throughput`) and PGD-40
 on the trained model. Exits 1 if a check fails (the JSON is written anyway).
 
 Usage (normally through benchmarks/gpu_check.sh):

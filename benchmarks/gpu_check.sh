@@ -7,7 +7,7 @@
 # (loss scaling by Keras's LossScaleOptimizer), checks that the training loss
 # fell, that the dynamic loss scale is in the checkpoint and that the exported
 # SavedModel serves float32 images as the Keras model predicts them, then
-# times a `natural` and the default (`sq_fgsm`) train step and PGD-40 in
+# times a `natural` and the default (`sq_free`) train step and PGD-40 in
 # images/s (benchmarks/gpu_check.py). Writes one JSON file and exits non-zero
 # if a check fails. Nothing is installed beyond requirements.txt. Sized to
 # stay well under 8 minutes on one GPU (full MNIST, 2 epochs; not yet timed

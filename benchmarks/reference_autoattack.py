@@ -24,7 +24,7 @@ first (the CPU build of torch):
   pip install --no-deps /path/to/auto-attack     # a checkout of fra31/auto-attack
 
 Usage:
-  python benchmarks/reference_autoattack.py --model=runs/mnist_sq_fgsm \
+  python benchmarks/reference_autoattack.py --model=runs/mnist_sq_free \
       --num_examples=500 --chunk_size=100 --reference_commit=a392200
 """
 
@@ -69,7 +69,7 @@ REFERENCE_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 WARM_UP = 4  # Examples of the untimed warm-up runs.
 
 _MODEL = flags.DEFINE_string(
-    "model", "runs/mnist_sq_fgsm", "A .keras file or training model_dir of a Sequential-like CNN."
+    "model", "runs/mnist_sq_free", "A .keras file or training model_dir of a Sequential-like CNN."
 )
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 500, "First N test examples.")
 _CHUNK_SIZE = flags.DEFINE_integer(

@@ -70,6 +70,7 @@ from sq_keras.evaluation.batch_store import BatchStore
 from sq_keras.evaluation.batch_store import StoreMismatch
 from sq_keras.evaluation.batch_store import batches_dir
 from sq_keras.evaluation.batch_store import file_digest
+from sq_keras.evaluation.batch_store import model_run
 from sq_keras.evaluation.checks import SLACK
 from sq_keras.evaluation.checks import failed_checks
 from sq_keras.evaluation.checks import masking_checks
@@ -127,6 +128,7 @@ __all__ = [
     "batches_dir",
     "bpda_name",
     "file_digest",
+    "model_run",
     "eps_key",
     "evaluate",
     "failed_checks",

@@ -12,8 +12,8 @@ with the differences listed, unless `overwrite` discards them.
 from sq_keras import evaluation
 
 store = evaluation.BatchStore(
-    evaluation.batches_dir("results/sq_fgsm.json"),     # results/sq_fgsm_batches/
-    run={"model": "runs/mnist_sq_fgsm", "dataset": "mnist"},
+    evaluation.batches_dir("results/sq_free.json"),     # results/sq_fgsm_batches/
+    run={"model": "runs/mnist_sq_free", "dataset": "mnist"},
 )
 report = evaluation.evaluate(target, images, labels, ..., store=store)
 # Killed half-way? The same call again skips every finished batch.
@@ -147,3 +147,34 @@ class BatchStore:
         with os.fdopen(handle, "wb") as f:
             np.savez(f, **{name: record[name] for name in _FIELDS})
         os.replace(tmp, path)
+
+
+def model_run(target, *, dataset, split, policy, strategy="default", source_path=None):
+    """What a store records of the evaluated model, beside the suite's own identity.
+
+    The model file's digest and training commit, the transfer source, the
+    examples' dataset and split, and the dtype policy and strategy the
+    attacks ran in: `apps.evaluate` and `apps.reproduce` describe a run alike,
+    so the batches of one can resume the other.
+
+    Args:
+        target: The `Target` attacked (its `path` and training `config`).
+        dataset: Dataset name.
+        split: Split name of the examples.
+        policy: Dtype policy the target was rebuilt in.
+        strategy: Name of the `tf.distribute` strategy.
+        source_path: Path of the transfer source model, or None.
+    """
+    model_file = target.path
+    if os.path.isdir(model_file) and os.path.isfile(os.path.join(model_file, "model.keras")):
+        model_file = os.path.join(model_file, "model.keras")
+    return {
+        "model_sha256": file_digest(model_file),
+        "model_commit": (target.config or {}).get("environment", {}).get("git_commit"),
+        "source_model": source_path,
+        "source_model_sha256": file_digest(source_path) if source_path else None,
+        "dataset": dataset,
+        "split": split,
+        "mixed_precision": policy,
+        "strategy": strategy,
+    }

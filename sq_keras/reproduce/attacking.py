@@ -32,6 +32,11 @@ from sq_keras.reproduce.variants import REFERENCE
 DEFAULT_SETTINGS = evaluation.AttackSettings(pgd_steps=100, restarts=5, square_queries=5000)
 
 
+# The headline of the selected recipe and the reference: AutoAttack's attacks
+# as a cascade (through BPDA on a quantized model), on many more test images
+# than the whole suite runs on.
+HEADLINE_ATTACKS = ("autoattack",)
+
 # The key of an eps in a report's per-eps results.
 eps_key = evaluation.eps_key
 
@@ -144,6 +149,70 @@ def attack_variant(
     )
     report.metadata["split"] = examples.split
     report.metadata["requested_attacks"] = list(suite.attacks)
+    return evaluation.write_report(report, path)
+
+
+def attack_headline(suite, name, examples, *, eps):
+    """The `HEADLINE_ATTACKS` cascade's report on one run, resumable batch by batch.
+
+    Every finished batch is kept in `headline_report_batches/` beside the
+    report, described as `apps.evaluate` describes its runs: the batches of
+    `python -m apps.evaluate --model=<run> --attacks=autoattack
+    --num_examples=<n> --seed=<seed>` resume this stage once moved there.
+
+    Args:
+        suite: The `Suite` (its settings give the seed only).
+        name: The variant whose run is attacked.
+        examples: `Examples` to attack.
+        eps: The radius.
+
+    Returns:
+        The report as written to (or read from) `headline_report.json`.
+
+    Raises:
+        ValueError: A cached report on other examples.
+    """
+    path = os.path.join(suite.runs_dir, name, "evaluation", "headline_report.json")
+    if os.path.exists(path):
+        report = jsonio.read_json(path)
+        found = (report.get("split"), report["num_examples"])
+        if found != (examples.split, len(examples.labels)):
+            raise ValueError(
+                f"{path} holds a report on {found[1]} {found[0]} images, not "
+                f"{len(examples.labels)} {examples.split} images. Delete it to attack again."
+            )
+        return report
+    suite.log(
+        f"== {name}: {'+'.join(HEADLINE_ATTACKS)} on {len(examples.labels)} {examples.split} images"
+    )
+    target = load_run(os.path.join(suite.runs_dir, name), policy=suite.eval_policy)
+    # The preset's own settings on the library's defaults, as `apps.evaluate
+    # --attacks=autoattack --seed=<seed>` runs it: the suite's restarts or
+    # budgets do not carry over.
+    settings = evaluation.AttackSettings(seed=suite.settings.seed)
+    plan = evaluation.REGISTRY.plan(
+        list(HEADLINE_ATTACKS), settings, target=target, explicit=("seed",)
+    )
+    store = evaluation.BatchStore(
+        evaluation.batches_dir(path),
+        run=evaluation.model_run(
+            target, dataset=suite.dataset, split=examples.split, policy=suite.eval_policy
+        ),
+        hint=f"delete it (and {os.path.basename(path)}) to attack again",
+    )
+    report = evaluation.evaluate(
+        target,
+        examples.images,
+        examples.labels,
+        attacks=plan.attacks,
+        eps_values=[eps],
+        settings=plan.settings,
+        num_classes=data.get_info(suite.dataset).num_classes,
+        worst_case_only=plan.worst_case_only,
+        store=store,
+    )
+    report.metadata["split"] = examples.split
+    report.metadata["requested_attacks"] = list(HEADLINE_ATTACKS)
     return evaluation.write_report(report, path)
 
 

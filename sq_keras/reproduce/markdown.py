@@ -1,8 +1,9 @@
 """The comparison as a Markdown table, with the notes that explain it.
 
 Parts, in order: a provenance line, the table (header, then one line per
-row), the recipe selection, the reference's curve, the held-out curves, the
-notes on timing and the list of variants.
+row), the headline table (rows attacked on more test images), the recipe
+selection, the reference's curve, the held-out curves, the notes on timing
+and the list of variants.
 """
 
 from sq_keras.reproduce.variants import REFERENCE
@@ -95,6 +96,30 @@ def _table(rows, columns, eps):
     ]
 
 
+def _headline_lines(rows):
+    """The `autoattack` cascade on more images: one line per row that has it."""
+    rows = [r for r in rows if "headline" in r]
+    if not rows:
+        return []
+    attacks = list(dict.fromkeys(a for r in rows for a in r["headline"]["attacks"]))
+    lines = [
+        "",
+        "The `autoattack` preset as a cascade (each attack only on the images every earlier "
+        "one failed on; through the quantizer's BPDA stand-in on quantized models): robust "
+        "accuracy (%) after each attack, on the first N test images.",
+        "",
+        _line(["variant", "N", "clean", *(f"after {a}" for a in attacks), "worst case"]),
+        "|" + "---|" * (len(attacks) + 4),
+    ]
+    for r in rows:
+        head = r["headline"]
+        cells = [r["name"], str(head["num_examples"]), _fmt(head["clean_accuracy"])]
+        cells += [_fmt(head["robust_accuracy"].get(a)) for a in attacks]
+        cells.append(_fmt(head["worst_case_accuracy"]))
+        lines.append(_line(cells))
+    return lines
+
+
 def _selection_lines(selection):
     attacks = selection.get("attacks")
     over = " + ".join(attacks) if attacks else "the suite"
@@ -154,7 +179,14 @@ def _variant_line(row):
 
 
 def markdown(
-    rows, columns, eps, *, selection=None, curve=None, provenance=None, holdout_curves=None
+    rows,
+    columns,
+    eps,
+    *,
+    selection=None,
+    curve=None,
+    provenance=None,
+    holdout_curves=None,
 ):
     """The Markdown page of the comparison.
 
@@ -173,6 +205,7 @@ def markdown(
     columns = [a for a in columns if any(a in r["robust_accuracy"] for r in rows)]
     lines = [provenance, ""] if provenance else []
     lines += _table(rows, columns, eps)
+    lines += _headline_lines(rows)
     if selection:
         lines += _selection_lines(selection)
     if curve:

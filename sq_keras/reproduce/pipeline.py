@@ -13,8 +13,10 @@ from sq_keras.reproduce.figures import write_figures
 from sq_keras.reproduce.markdown import markdown
 from sq_keras.reproduce.markdown import provenance_line
 from sq_keras.reproduce.stages import Workspace
+from sq_keras.reproduce.stages import attack_headlines
 from sq_keras.reproduce.stages import attack_tested
 from sq_keras.reproduce.stages import choose_tested
+from sq_keras.reproduce.stages import headline_names
 from sq_keras.reproduce.stages import measure_holdout_curves
 from sq_keras.reproduce.stages import measure_reference
 from sq_keras.reproduce.stages import select_on_holdout
@@ -27,7 +29,7 @@ DEFAULT_ATTACKS = ("strong",)
 DEFAULT_EPS_VALUES = (0.3,)
 
 
-def _check_arguments(variants, *, train_examples, holdout_examples):
+def _check_arguments(variants, *, train_examples, holdout_examples, headline_examples):
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"Variant names must be unique. Received: {names}")
@@ -36,6 +38,8 @@ def _check_arguments(variants, *, train_examples, holdout_examples):
             "`holdout_examples` needs `train_examples`: the held-out images are the "
             "training images after the first `train_examples`."
         )
+    if headline_examples < 0:
+        raise ValueError(f"`headline_examples` must be >= 0. Received: {headline_examples}")
 
 
 def _selection(variants, holdout, tested, attacks):
@@ -86,6 +90,7 @@ def run(
     test_unselected=False,
     selection_attacks=None,
     select_only=False,
+    headline_examples=0,
     command=None,
     log=print,
 ):
@@ -128,13 +133,23 @@ def run(
             `attacks`), e.g. a cheaper screen of many candidates.
         select_only: Stop after the held-out selection (and its curves):
             nothing is attacked on the test set.
+        headline_examples: Also attack the selected recipe (every tested
+            candidate without a selection) and the reference with the
+            `autoattack` cascade on this many test images (0: no headline),
+            resuming from finished batches: the table's number on many
+            more images than the whole suite runs on.
         command: The command line that ran this, recorded in the output.
         log: Callable taking one line of progress text.
 
     Returns:
         The dict written to `<dataset>.json`.
     """
-    _check_arguments(variants, train_examples=train_examples, holdout_examples=holdout_examples)
+    _check_arguments(
+        variants,
+        train_examples=train_examples,
+        holdout_examples=holdout_examples,
+        headline_examples=headline_examples,
+    )
     if select_only and not holdout_examples:
         raise ValueError("`select_only` needs a held-out selection (`holdout_examples` > 0).")
     settings = settings or DEFAULT_SETTINGS
@@ -170,6 +185,13 @@ def run(
         [] if select_only else choose_tested(variants, holdout, test_unselected=test_unselected)
     )
     reports = attack_tested(suite, tested, test, eps_values=eps_values)
+    headlines = attack_headlines(
+        suite,
+        headline_names(tested, holdout),
+        num_examples=headline_examples,
+        eps=eps,
+        data_dir=data_dir,
+    )
     reference = measure_reference(
         suite, trained, costs, test, eps=eps, curve_examples=0 if select_only else curve_examples
     )
@@ -181,6 +203,7 @@ def run(
         reference=reference,
         holdout=holdout,
         holdout_curves=curves,
+        headlines=headlines,
     )
     os.makedirs(output_dir, exist_ok=True)
     files = write_figures(rows, output_dir, dataset)
@@ -192,6 +215,7 @@ def run(
         "policy": policy,
         "eps": eps,
         "num_examples": len(test.labels),
+        "headline_examples": headline_examples,
         "transfer_source": source_name,
         "attack_settings": dataclasses.asdict(settings),
         "train_examples": train_examples,

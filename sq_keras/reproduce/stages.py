@@ -4,8 +4,10 @@
 round-robin step timing that sets the cost ratios), `select_on_holdout` and
 `choose_tested` (the recipe selection on held-out training images),
 `measure_holdout_curves` (robustness after each epoch there),
-`attack_tested` (the suite on the test set) and `measure_reference` (the
-reference's costs and its robustness after each epoch).
+`attack_tested` (the suite on the test set), `attack_headlines` (the
+`autoattack` cascade on more test images, for the selected recipe and the
+reference) and `measure_reference` (the reference's costs and its
+robustness after each epoch).
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from sq_keras import jsonio
 from sq_keras import throughput
 from sq_keras import training
 from sq_keras.reproduce.attacking import Suite
+from sq_keras.reproduce.attacking import attack_headline
 from sq_keras.reproduce.attacking import attack_variant
 from sq_keras.reproduce.attacking import load_run
 from sq_keras.reproduce.attacking import load_split
@@ -280,6 +283,22 @@ def choose_tested(variants, holdout, *, test_unselected):
 def attack_tested(suite, tested, examples, *, eps_values):
     """`{name: test report}` of every tested variant (cached reports)."""
     return {v.name: attack_variant(suite, v, examples, eps_values=list(eps_values)) for v in tested}
+
+
+def headline_names(tested, holdout):
+    """Who gets the headline: the selected recipe (or, without a selection,
+    every tested candidate) and the reference, in the order of `tested`."""
+    chosen = {holdout.selected} if holdout is not None else {v.name for v in tested if v.candidate}
+    return [v.name for v in tested if v.name in chosen or v.name == REFERENCE]
+
+
+def attack_headlines(suite, names, *, num_examples, eps, data_dir):
+    """`{name: headline report}` on the first `num_examples` test images
+    (none when 0); each resumes from its finished batches."""
+    if not num_examples or not names:
+        return {}
+    examples = load_split(suite.dataset, "test", num_examples=num_examples, data_dir=data_dir)
+    return {name: attack_headline(suite, name, examples, eps=eps) for name in names}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,22 @@ def _test_results(report):
     }
 
 
+def _headline(report):
+    """The row's headline: the cascade's accuracy after each attack and at the end."""
+    eps = eps_key(report["eps"])
+    return {
+        "attacks": list(report["attacks"]),
+        "num_examples": report["num_examples"],
+        "clean_accuracy": report["clean_accuracy"],
+        "robust_accuracy": {
+            name: entry["results"][eps]["robust_accuracy"]
+            for name, entry in report["attacks"].items()
+            if eps in entry["results"]
+        },
+        "worst_case_accuracy": report["worst_case_accuracy"],
+    }
+
+
 def _speedups_per_epoch(reference, *, step_seconds, per_epoch):
     # Every variant trains on the same batches, so the cost ratio of one
     # step is that of one epoch; timed round-robin, it does not depend on
@@ -118,6 +134,7 @@ def row(
     holdout=None,
     holdout_curve=None,
     reference_holdout_curve=None,
+    headline=None,
 ):
     """One variant's row.
 
@@ -131,6 +148,7 @@ def row(
         holdout_curve: Its robustness after each epoch on the held-out
             images (None: not measured).
         reference_holdout_curve: The reference's, on the same images.
+        headline: Its headline report (`attacking.attack_headline`), or None.
 
     Returns:
         The row dict, keys in the order the JSON records them.
@@ -142,6 +160,8 @@ def row(
     )
     if report is not None:
         cells.update(_test_results(report))
+    if headline is not None:
+        cells["headline"] = _headline(headline)
     if holdout is not None:
         cells["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
         cells["holdout_clean_accuracy"] = holdout["clean_accuracy"]
@@ -168,7 +188,9 @@ def row(
     return cells
 
 
-def build_rows(variants, trained, costs, *, reports, reference, holdout, holdout_curves=None):
+def build_rows(
+    variants, trained, costs, *, reports, reference, holdout, holdout_curves=None, headlines=None
+):
     """The rows of every variant, in order.
 
     Args:
@@ -179,9 +201,11 @@ def build_rows(variants, trained, costs, *, reports, reference, holdout, holdout
         reference: The `stages.Reference` or None.
         holdout: The `stages.Holdout` or None.
         holdout_curves: `{name: held-out curve}` (`stages.measure_holdout_curves`).
+        headlines: `{name: headline report}` (`stages.attack_headlines`).
     """
     held = holdout.reports if holdout is not None else {}
     curves = holdout_curves or {}
+    headlines = headlines or {}
     return [
         row(
             v,
@@ -192,6 +216,7 @@ def build_rows(variants, trained, costs, *, reports, reference, holdout, holdout
             holdout=held.get(v.name),
             holdout_curve=curves.get(v.name),
             reference_holdout_curve=curves.get(REFERENCE) if v.name != REFERENCE else None,
+            headline=headlines.get(v.name),
         )
         for v in variants
     ]

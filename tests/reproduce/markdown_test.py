@@ -43,6 +43,26 @@ class MarkdownTest(absltest.TestCase):
         self.assertIn("Robust accuracy (%) at eps = 0.3 on 40 test images.", page)
         self.assertTrue(page.endswith("- `a`: a note (`--method=natural`)\n"))
 
+    def test_headline_table_states_each_rows_image_count(self):
+        headline = {
+            "attacks": ["apgd_ce", "square"],
+            "num_examples": 10000,
+            "clean_accuracy": 99.3,
+            "robust_accuracy": {"apgd_ce": 92.0, "square": 91.5},
+            "worst_case_accuracy": 91.5,
+        }
+        rows = [make_row("a", headline=headline), make_row("b")]
+        page = markdown.markdown(rows, ["pgd"], 0.3)
+        lines = table_lines(page)
+        self.assertEqual(
+            lines[4], "| variant | N | clean | after apgd_ce | after square | worst case |"
+        )
+        self.assertEqual(lines[6], "| a | 10000 | 99.30 | 92.00 | 91.50 | 91.50 |")
+        self.assertEqual(len(lines), 7)
+        self.assertIn("as a cascade", page)
+        no_headline = markdown.markdown([make_row("b")], ["pgd"], 0.3)
+        self.assertNotIn("as a cascade", no_headline)
+
     def test_speedup_cells(self):
         rows = [
             make_row(

@@ -216,6 +216,18 @@ class ReproduceTest(parameterized.TestCase):
                 select_only=True,
             )
 
+    def test_negative_headline_examples_are_refused(self):
+        with self.assertRaisesRegex(ValueError, "`headline_examples` must be >= 0. Received: -1"):
+            reproduce.run(
+                [reproduce.Variant("a", "natural")],
+                dataset="mnist",
+                epochs=1,
+                runs_dir="x",
+                output_dir="y",
+                num_examples=1,
+                headline_examples=-1,
+            )
+
     def test_duplicate_names_are_refused(self):
         v = reproduce.Variant("a", "natural")
         with self.assertRaisesRegex(ValueError, "unique"):

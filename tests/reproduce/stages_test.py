@@ -71,6 +71,22 @@ class ChooseTestedTest(absltest.TestCase):
         self.assertEqual(self.names(held_out(a=90.0), True), ["a", "b", "c", "d", "pgd_at"])
 
 
+class HeadlineNamesTest(absltest.TestCase):
+    def test_the_selected_recipe_and_the_reference(self):
+        holdout = held_out(a=50.0, b=70.0, c=80.0, d=60.0)
+        tested = stages.choose_tested(VARIANTS, holdout, test_unselected=True)
+        self.assertEqual(stages.headline_names(tested, holdout), ["c", "pgd_at"])
+
+    def test_without_a_selection_every_tested_candidate(self):
+        tested = stages.choose_tested(VARIANTS, None, test_unselected=False)
+        self.assertEqual(stages.headline_names(tested, None), ["a", "b", "c", "d", "pgd_at"])
+
+    def test_none_when_not_asked(self):
+        self.assertEqual(
+            stages.attack_headlines(None, ["c"], num_examples=0, eps=0.3, data_dir=None), {}
+        )
+
+
 class CachedStagesTest(absltest.TestCase):
     def workspace(self, lines):
         runs = self.create_tempdir().full_path

@@ -162,6 +162,33 @@ class RowTest(absltest.TestCase):
         self.assertIsNone(row["seconds_per_epoch"])
         self.assertNotIn("wall_speedup_per_epoch_vs_pgd_at", row)
 
+    def test_headline_cells_are_the_cascade_after_each_attack(self):
+        headline = {
+            **report(worst=88.0),
+            "attacks": {
+                "apgd_ce": {"results": {"0.3": {"robust_accuracy": 90.0}}},
+                "square": {"results": {"0.3": {"robust_accuracy": 88.0}}},
+            },
+            "num_examples": 10000,
+        }
+        row = table.row(
+            self.variant, trained_run(), step_seconds=0.01, report=report(), headline=headline
+        )
+        self.assertEqual(
+            row["headline"],
+            {
+                "attacks": ["apgd_ce", "square"],
+                "num_examples": 10000,
+                "clean_accuracy": 98.0,
+                "robust_accuracy": {"apgd_ce": 90.0, "square": 88.0},
+                "worst_case_accuracy": 88.0,
+            },
+        )
+        # The suite's row keeps its own (fewer) images.
+        self.assertEqual((row["worst_case_accuracy"], row["num_examples"]), (60.0, 40))
+        without = table.row(self.variant, trained_run(), step_seconds=0.01, report=report())
+        self.assertNotIn("headline", without)
+
     def test_rows_follow_the_variants(self):
         variants = [reproduce.Variant("a", "natural"), reproduce.Variant("b", "natural")]
         costs = stages.StepCosts(128, 5, 3, "float32", {"a": 0.01, "b": 0.02})
