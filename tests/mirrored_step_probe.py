@@ -35,8 +35,9 @@ def one_step(strategy, images, labels, method):
     # The batch is examples 0..N-1 of a training set twice its size, so a
     # step with per-example state also keeps the memory of unseen examples.
     num_train = 2 * len(labels)
+    # steps_per_epoch: MNIST's default schedule (piecewise) needs the run's length.
     model, _, step = training.build_components(
-        config, data.get_info(config.dataset), strategy, num_train=num_train
+        config, data.get_info(config.dataset), strategy, num_train=num_train, steps_per_epoch=10
     )
     before = [v.numpy() for v in model.trainable_variables]
     batch = (images, labels)

@@ -117,7 +117,7 @@ class RobustModelFitTest(parameterized.TestCase):
         config = training.TrainConfig(method=method, mixed_precision="float32").resolved()
         keras.utils.set_random_seed(0)
         model, _, step = training.build_components(
-            config, data.get_info("mnist"), tf.distribute.get_strategy()
+            config, data.get_info("mnist"), tf.distribute.get_strategy(), steps_per_epoch=10
         )
         user_model = keras.models.clone_model(model)
         user_model.set_weights(model.get_weights())

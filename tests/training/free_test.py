@@ -32,8 +32,13 @@ def _components(num_train, method="sq_free", **overrides):
         dataset="mnist", method=method, eps=EPS, mixed_precision="float32", **overrides
     ).resolved()
     keras.utils.set_random_seed(0)
+    # MNIST's default schedule (piecewise) needs the run's length.
     return training.build_components(
-        config, data.get_info("mnist"), tf.distribute.get_strategy(), num_train=num_train
+        config,
+        data.get_info("mnist"),
+        tf.distribute.get_strategy(),
+        num_train=num_train,
+        steps_per_epoch=10,
     )
 
 
