@@ -98,7 +98,8 @@ _EPS_WARMUP_STEPS = flags.DEFINE_integer(
     "eps_warmup_steps",
     _DEFAULTS.eps_warmup_steps,
     "pgd_at, fgsm_rs, sq_fgsm: ramp the training attack's eps (and step) linearly from 0 "
-    "over this many optimizer steps; 0 attacks at full eps from the start.",
+    "over this many optimizer steps; 0 attacks at full eps from the start. Refused for the "
+    "other methods.",
 )
 _KEEP_EPOCH_WEIGHTS = flags.DEFINE_bool(
     "keep_epoch_weights",

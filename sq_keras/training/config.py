@@ -90,9 +90,10 @@ class TrainConfig:
         init_weights: Weights file for the model's pretrained part (see
             `sq_keras.models.build`), e.g. ImageNet weights of ResNet50.
         overwrite: Start afresh if `model_dir` holds a different run.
-        eps_warmup_steps: Adversarial methods: ramp the training attack's eps
-            (and step size) linearly from 0 over this many optimizer steps
-            (0: full eps from the start, as Madry et al.).
+        eps_warmup_steps: `pgd_at`, `fgsm_rs`, `sq_fgsm`: ramp the training
+            attack's eps (and step size) linearly from 0 over this many
+            optimizer steps (0: full eps from the start, as Madry et al.);
+            refused for the other methods, which have no such attack.
         keep_epoch_weights: Also save the weights after every epoch as
             `<model_dir>/epochs/epoch_<NNN>.weights.h5` (e.g. to measure how
             robustness grows during training).
@@ -237,6 +238,21 @@ def _per_example_state_fits(config):
     return None
 
 
+# Step kinds whose training attack `eps_warmup_steps` ramps up.
+_WARMED_UP_STEPS = ("pgd", "fgsm_rs")
+
+
+def _warmup_has_an_attack_to_ramp(config):
+    """`eps_warmup_steps` is refused where it would be silently ignored."""
+    if config.eps_warmup_steps and METHODS[config.method].step not in _WARMED_UP_STEPS:
+        ramped = sorted(n for n, m in METHODS.items() if m.step in _WARMED_UP_STEPS)
+        return (
+            f"eps_warmup_steps ramps the training attack of {', '.join(ramped)}; method "
+            f"{config.method} has none to ramp. Received: {config.eps_warmup_steps!r}"
+        )
+    return None
+
+
 # In the order the checks run: the first failing one is reported.
 _CHECKS = (
     _known("method", METHODS, "methods"),
@@ -265,6 +281,7 @@ _CHECKS = (
     _one_of("free_init", FREE_INITS),
     _one_of("free_memory_dtype", MEMORY_DTYPES),
     _per_example_state_fits,
+    _warmup_has_an_attack_to_ramp,
     _one_of("stand_in", attacks.STAND_INS),
     _at_least("train_examples", 1, optional=True),
     _one_of("strategy", distribute.STRATEGIES),

@@ -24,6 +24,12 @@ class TrainConfigTest(parameterized.TestCase):
         ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
         ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
         ("eps_warmup_steps", {"eps_warmup_steps": -1}, "eps_warmup_steps must be"),
+        (
+            "eps_warmup_without_an_attack",
+            {"method": "sq_free", "eps_warmup_steps": 100},
+            "eps_warmup_steps ramps the training attack of fgsm_rs, pgd_at, sq_fgsm; method "
+            "sq_free has none to ramp. Received: 100",
+        ),
         ("lr_schedule", {"lr_schedule": "step"}, "lr_schedule must be one of constant"),
         ("lr_drop_fraction", {"lr_drop_fraction": 1.0}, "lr_drop_fraction must be in"),
         ("free_replays", {"method": "sq_free", "free_replays": 0}, "free_replays must be"),

@@ -77,15 +77,17 @@ class PrepareModelDirTest(parameterized.TestCase):
 
     def test_option_missing_from_an_old_record_counts_as_its_default(self):
         model_dir = self.create_tempdir().full_path
-        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        rundir.prepare_model_dir(_config(model_dir, method="sq_fgsm"), environment=_ENV_A)
         path = os.path.join(model_dir, "config.json")
         record = _read(path)
         del record["eps_warmup_steps"]
         with open(path, "w") as f:
             json.dump(record, f)
-        rundir.prepare_model_dir(_config(model_dir), environment=_ENV_A)
+        rundir.prepare_model_dir(_config(model_dir, method="sq_fgsm"), environment=_ENV_A)
         with self.assertRaisesRegex(training.TrainingError, "eps_warmup_steps: was 0, now 5"):
-            rundir.prepare_model_dir(_config(model_dir, eps_warmup_steps=5), environment=_ENV_A)
+            rundir.prepare_model_dir(
+                _config(model_dir, method="sq_fgsm", eps_warmup_steps=5), environment=_ENV_A
+            )
 
     def test_run_recorded_before_schedules_existed_trained_at_a_constant_rate(self):
         model_dir = self.create_tempdir().full_path
