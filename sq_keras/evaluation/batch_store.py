@@ -12,7 +12,7 @@ with the differences listed, unless `overwrite` discards them.
 from sq_keras import evaluation
 
 store = evaluation.BatchStore(
-    evaluation.batches_dir("results/sq_free.json"),     # results/sq_fgsm_batches/
+    evaluation.batches_dir("results/sq_free.json"),     # results/sq_free_batches/
     run={"model": "runs/mnist_sq_free", "dataset": "mnist"},
 )
 report = evaluation.evaluate(target, images, labels, ..., store=store)

@@ -179,14 +179,7 @@ def _variant_line(row):
 
 
 def markdown(
-    rows,
-    columns,
-    eps,
-    *,
-    selection=None,
-    curve=None,
-    provenance=None,
-    holdout_curves=None,
+    rows, columns, eps, *, selection=None, curve=None, provenance=None, holdout_curves=None
 ):
     """The Markdown page of the comparison.
 
