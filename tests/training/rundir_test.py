@@ -25,6 +25,15 @@ def _read(path):
         return json.load(f)
 
 
+def _forget_option(model_dir, key):
+    """Removes `key` from the run's config.json, as a run from before the option left it."""
+    path = os.path.join(model_dir, "config.json")
+    record = _read(path)
+    del record[key]
+    with open(path, "w") as f:
+        json.dump(record, f)
+
+
 def _touch_outputs(model_dir):
     """Stand-ins for the files a finished run leaves."""
     os.makedirs(os.path.join(model_dir, "checkpoints"))
@@ -78,11 +87,7 @@ class PrepareModelDirTest(parameterized.TestCase):
     def test_option_missing_from_an_old_record_counts_as_its_default(self):
         model_dir = self.create_tempdir().full_path
         rundir.prepare_model_dir(_config(model_dir, method="sq_fgsm"), environment=_ENV_A)
-        path = os.path.join(model_dir, "config.json")
-        record = _read(path)
-        del record["eps_warmup_steps"]
-        with open(path, "w") as f:
-            json.dump(record, f)
+        _forget_option(model_dir, "eps_warmup_steps")
         rundir.prepare_model_dir(_config(model_dir, method="sq_fgsm"), environment=_ENV_A)
         with self.assertRaisesRegex(training.TrainingError, "eps_warmup_steps: was 0, now 5"):
             rundir.prepare_model_dir(
@@ -92,11 +97,7 @@ class PrepareModelDirTest(parameterized.TestCase):
     def test_run_recorded_before_schedules_existed_trained_at_a_constant_rate(self):
         model_dir = self.create_tempdir().full_path
         rundir.prepare_model_dir(_config(model_dir, lr_schedule="constant"), environment=_ENV_A)
-        path = os.path.join(model_dir, "config.json")
-        record = _read(path)
-        del record["lr_schedule"]
-        with open(path, "w") as f:
-            json.dump(record, f)
+        _forget_option(model_dir, "lr_schedule")
         rundir.prepare_model_dir(_config(model_dir, lr_schedule="constant"), environment=_ENV_A)
         # MNIST's default schedule is now piecewise: not what that run trained with.
         with self.assertRaisesRegex(training.TrainingError, "lr_schedule: was 'constant'"):
