@@ -165,13 +165,17 @@ def _default_output(model_path):
 
 
 def _configure_tensorflow():
-    """Quiet logs and the inter-op threads; returns the dtype policy set."""
+    """Quiet logs, inter-op threads, no TF32; returns the dtype policy set."""
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     if _INTER_OP_THREADS.value < 0:
         raise SystemExit(f"Error: --inter_op_threads must be >= 0, got {_INTER_OP_THREADS.value}.")
     if _INTER_OP_THREADS.value:
         tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
+    # NVIDIA GPUs since Ampere run float32 matmuls and convolutions in
+    # TensorFloat-32 (10-bit mantissa) unless told not to: the attacks and the
+    # robustness check of float32 layers (quantizers, logits) run in float32.
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     return precision.set_policy(_MIXED_PRECISION.value)
 
 
@@ -257,6 +261,7 @@ def _metadata(dataset, policy, target):
         "split": _SPLIT.value,
         "seed": _SEED.value,
         "mixed_precision": policy,
+        "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
         "source_model": _SOURCE_MODEL.value,
         "training_config": target.config,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},

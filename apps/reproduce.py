@@ -115,6 +115,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     policy = precision.set_policy(_MIXED_PRECISION.value)
+    # The attacks run in float32, not TensorFloat-32 (NVIDIA GPUs since Ampere).
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     variants = _chosen_variants()
     try:
         eps_values = [float(e) for e in _EPS.value]

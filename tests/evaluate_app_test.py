@@ -103,6 +103,8 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertEqual(report["eps"], 0.3)
         self.assertEqual(report["eps_values"], [0.1, 0.3, 0.5])
         self.assertEqual(report["dataset"], "mnist")
+        # Float32 attacks stay float32 on GPUs that would use TF32.
+        self.assertIs(report["tensor_float_32"], False)
         # AutoAttack's gradient attacks through BPDA beside the plain ones.
         self.assertIn("bpda_identity:apgd_t", strong)
         self.assertIn("apgd_ce", strong)
