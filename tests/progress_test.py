@@ -25,6 +25,20 @@ class ProgressTest(absltest.TestCase):
         self.assertNotIn("\r", stream.getvalue())
         self.assertNotIn("\x1b", stream.getvalue())
 
+    def test_the_status_after_each_item_is_read_after_the_item_is_done(self):
+        done = []
+        stream = io.StringIO()
+        for item in progress.items([1, 2], "apgd", stream=stream, status=lambda: f"{sum(done)}"):
+            done.append(item)
+        lines = stream.getvalue().splitlines()
+        self.assertTrue(lines[0].endswith("; 1)"), lines)
+        self.assertTrue(lines[1].endswith("; 3)"), lines)
+
+    def test_a_terminal_bar_shows_the_status(self):
+        stream = _Terminal()
+        list(progress.items(range(2), "square", stream=stream, status=lambda: "7 fooled"))
+        self.assertIn("7 fooled", stream.getvalue())
+
     def test_an_iterator_without_length_is_counted_without_eta(self):
         stream = io.StringIO()
         list(progress.items(iter("ab"), "epoch", stream=stream, unit="step"))

@@ -2,7 +2,8 @@
 
 Batches go through a `tf.function` of the attack (split across replicas
 under a `tf.distribute` strategy of several), with one progress line per
-batch (`sq_keras.progress`: a live bar on a terminal, plain lines in a log).
+batch (`sq_keras.progress`: a live bar on a terminal, plain lines in a log)
+that counts the examples misclassified so far.
 """
 
 import time
@@ -128,6 +129,14 @@ def _stored(store, label, eps, index, indices):
     return record
 
 
+def _misclassified_so_far(records, labels):
+    """Progress text: how many of the finished batches' examples the attack fooled."""
+    done = [r for r in records if r is not None]
+    attacked = sum(len(r["indices"]) for r in done)
+    wrong = sum(int(np.sum(r["predictions"] != labels[r["indices"]])) for r in done)
+    return f"{wrong} of {attacked} attacked misclassified"
+
+
 def _outcome(records, indices, image_shape):
     """An `AttackOutcome` from the batch records, in order."""
 
@@ -208,7 +217,13 @@ def run_attack(
             f"read from {store.directory}",
             flush=True,
         )
-    for i in progress_lib.items(pending, f"{label} eps={eps:g}", enabled=progress):
+    batch_lines = progress_lib.items(
+        pending,
+        f"{label} eps={eps:g}",
+        enabled=progress,
+        status=lambda: _misclassified_so_far(records, labels),
+    )
+    for i in batch_lines:
         records[i] = _attack_batch(run, predict_fn, images, labels, spans[i], keep_adversarial)
         if store is not None:
             store.save(label, eps, i, records[i])

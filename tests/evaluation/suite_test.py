@@ -129,7 +129,7 @@ class EvaluateTest(parameterized.TestCase):
         images, labels = examples(40)
         output = io.StringIO()  # Not a terminal, as stdout redirected to a file.
         with contextlib.redirect_stdout(output):
-            evaluation.evaluate(
+            report = evaluation.evaluate(
                 target_of(trained_model("natural")),
                 images,
                 labels,
@@ -140,6 +140,14 @@ class EvaluateTest(parameterized.TestCase):
                 batch_size=20,
                 add_large_eps=False,
             )
+        # The last line of each attack counts the examples it misclassified.
+        for name in ("fgsm", "pgd"):
+            robust = report.attacks[name]["results"]["0.1"]["robust_accuracy"]
+            wrong = 40 - round(robust * 40 / 100)
+            last = [
+                line for line in output.getvalue().splitlines() if line.startswith(f"{name} eps=")
+            ][-1]
+            self.assertTrue(last.endswith(f"; {wrong} of 40 attacked misclassified)"), last)
         text = output.getvalue()
         self.assertNotIn("\r", text)
         self.assertNotIn("\x1b", text)
