@@ -130,7 +130,7 @@ def _stored(store, label, eps, index, indices):
 
 
 def _misclassified_so_far(records, labels):
-    """Progress text: how many of the finished batches' examples the attack fooled."""
+    """Progress text: how many finished examples are misclassified after the attack."""
     done = [r for r in records if r is not None]
     attacked = sum(len(r["indices"]) for r in done)
     wrong = sum(int(np.sum(r["predictions"] != labels[r["indices"]])) for r in done)
