@@ -322,18 +322,25 @@ def _export(run, results):
 
 
 def _finish(run, first_epoch, log):
-    """Saves the model; the chief exports and writes `results.json`."""
+    """Saves the model; the chief exports and writes `results.json`.
+
+    A finished run rerun as is trains nothing and keeps its files: its
+    `model.keras` is not saved again, so the file's digest, which resumable
+    evaluations record, stays the same. It is exported only if it never was
+    and `export_dir` asks for it now.
+    """
     config = run.config
-    results = _results(run, run.run_dir.save_model(run.model))
+    previous = _finished_results(run) if first_epoch == config.epochs else None
+    if previous is not None and (previous.get("export_path") or not config.export_dir):
+        log("The run had already finished; nothing trained, saved or exported.")
+        return previous
+    if previous is not None:
+        results = previous
+    else:
+        results = _results(run, run.run_dir.save_model(run.model))
     if not run.run_dir.chief:
         return results
-    finished_before = config.export_dir and first_epoch == config.epochs
-    previous = run.run_dir.read_results() if finished_before else None
-    if previous is not None:
-        # Nothing was trained: keep the export of the finished run.
-        results["export_path"] = previous.get("export_path")
-        log("The run had already finished; nothing trained, nothing exported.")
-    elif config.export_dir:
+    if config.export_dir:
         results["export_path"] = _export(run, results)
         log(f"Exported SavedModel to {results['export_path']}")
     run.run_dir.write_results(results)
@@ -342,6 +349,18 @@ def _finish(run, first_epoch, log):
         f"epochs, {results['total_train_seconds']:.0f}s of training."
     )
     return results
+
+
+def _finished_results(run):
+    """The recorded results of a run whose model was saved; None otherwise.
+
+    A run killed after its last checkpoint but before saving its model and
+    results is not finished yet.
+    """
+    previous = run.run_dir.read_results()
+    if previous is None or not os.path.isfile(run.run_dir.model_path):
+        return None
+    return previous
 
 
 def train(config, *, log=_log, strategy=None):

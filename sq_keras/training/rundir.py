@@ -254,11 +254,15 @@ class RunDir:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _save_atomically(model.save_weights, path, ".tmp.weights.h5")
 
+    @property
+    def model_path(self):
+        """Where this worker's final `model.keras` goes."""
+        return os.path.join(self.out_dir, "model.keras")
+
     def save_model(self, model):
         """Saves the final `model.keras` atomically; returns its path."""
-        path = os.path.join(self.out_dir, "model.keras")
-        _save_atomically(model.save, path, ".model-tmp.keras")
-        return path
+        _save_atomically(model.save, self.model_path, ".model-tmp.keras")
+        return self.model_path
 
     def read_results(self):
         """The recorded `results.json`, or None if the run has not finished."""

@@ -28,6 +28,14 @@ def _scalars(model_dir):
     return acc
 
 
+def _file_bytes(model_dir, *names):
+    contents = []
+    for name in names:
+        with open(os.path.join(model_dir, name), "rb") as f:
+            contents.append(f.read())
+    return contents
+
+
 class TrainTest(parameterized.TestCase):
     def test_natural_training_learns_and_writes_outputs(self):
         model_dir = self.create_tempdir().full_path
@@ -108,7 +116,9 @@ class TrainTest(parameterized.TestCase):
         # Epoch 1 was not trained again.
         self.assertEqual(history[0]["seconds"], first["seconds_per_epoch"][0])
         self.assertEqual(sum("Epoch " in line for line in lines), 1)
-        # A finished run rerun as is trains nothing more.
+        # A finished run rerun as is trains nothing more and keeps its files:
+        # the model file's bytes (which resumable evaluations digest) too.
+        outputs = _file_bytes(model_dir, "model.keras", "results.json")
         lines = []
         third = training.train(
             _config(model_dir, method="noisy", epochs=2, export_dir=export_dir),
@@ -117,7 +127,33 @@ class TrainTest(parameterized.TestCase):
         self.assertFalse(any("Epoch " in line for line in lines))
         self.assertEqual(sorted(os.listdir(export_dir)), ["1", "2"])
         self.assertEqual(third["export_path"], second["export_path"])
+        self.assertEqual(_file_bytes(model_dir, "model.keras", "results.json"), outputs)
+        self.assertEqual(third, second)
         self.assertLen(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")), 2)
+
+    def test_finished_run_without_export_exports_when_asked_and_keeps_its_model(self):
+        model_dir = self.create_tempdir().full_path
+        export_dir = os.path.join(model_dir, "export")
+        first = training.train(_config(model_dir, method="natural", epochs=1))
+        self.assertIsNone(first["export_path"])
+        model_bytes = _file_bytes(model_dir, "model.keras")
+        lines = []
+        second = training.train(
+            _config(model_dir, method="natural", epochs=1, export_dir=export_dir),
+            log=lines.append,
+        )
+        self.assertFalse(any("Epoch " in line for line in lines))
+        self.assertEqual(second["export_path"], os.path.join(export_dir, "1"))
+        self.assertEqual(_file_bytes(model_dir, "model.keras"), model_bytes)
+        with open(os.path.join(model_dir, "results.json")) as f:
+            self.assertEqual(json.load(f)["export_path"], second["export_path"])
+        # The export serves the finished run's model.
+        raw = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+        served = tf.saved_model.load(second["export_path"])
+        out = served.signatures["serve_uint8"](images=tf.constant(raw))
+        model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+        expected = model.predict(raw.astype(np.float32) / 255.0, verbose=0)
+        np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
 
     def test_resumed_run_keeps_the_environment_it_was_started_in(self):
         model_dir = self.create_tempdir().full_path
