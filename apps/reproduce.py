@@ -120,8 +120,7 @@ def main(argv):
     variants = _chosen_variants()
     try:
         eps_values = [float(e) for e in _EPS.value]
-        payload = reproduce.run(
-            variants,
+        config = reproduce.ComparisonConfig(
             dataset=_DATASET.value,
             epochs=_EPOCHS.value,
             runs_dir=_RUNS_DIR.value,
@@ -151,6 +150,7 @@ def main(argv):
             headline_examples=_HEADLINE_EXAMPLES.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
+        payload = reproduce.run(variants, config)
     except (ValueError, data.DataError, training.TrainingError) as e:
         raise SystemExit(f"Error: {e}") from None
     if payload is None:

@@ -9,21 +9,24 @@ figures: worst-case robust accuracy against eps for every variant, the
 cost against robustness.
 
 ```python
-results = run(MNIST_VARIANTS, dataset="mnist", epochs=10, runs_dir="runs/reproduce",
-              output_dir="results", num_examples=10_000)
+config = ComparisonConfig(dataset="mnist", epochs=10, runs_dir="runs/reproduce",
+                          output_dir="results", num_examples=1000)
+results = run(MNIST_VARIANTS, config)
 ```
 
 A stopped run continues where it stopped: rerun the same call.
 
-Modules: `variants` (what is compared), `stages` (training, step timing,
-held-out selection, test attacks, the reference's curve), `attacking` (every
-call into `sq_keras.evaluation`), `table` (the rows), `markdown` and `figures`
-(the outputs) and `pipeline` (`run`, composing them).
+Modules: `variants` (what is compared), `config` (the comparison's
+settings), `stages` (training, step timing, held-out selection, test attacks,
+the reference's curve), `attacking` (every call into `sq_keras.evaluation`),
+`table` (the rows), `markdown` and `figures` (the outputs) and `pipeline`
+(`run`, composing them).
 """
 
 from sq_keras.reproduce.attacking import DEFAULT_SETTINGS
-from sq_keras.reproduce.pipeline import DEFAULT_ATTACKS
-from sq_keras.reproduce.pipeline import DEFAULT_EPS_VALUES
+from sq_keras.reproduce.config import DEFAULT_ATTACKS
+from sq_keras.reproduce.config import DEFAULT_EPS_VALUES
+from sq_keras.reproduce.config import ComparisonConfig
 from sq_keras.reproduce.pipeline import run
 from sq_keras.reproduce.table import epochs_to_reach
 from sq_keras.reproduce.variants import CURVE_ATTACKS
@@ -35,6 +38,7 @@ from sq_keras.reproduce.variants import Variant
 
 __all__ = [
     "CURVE_ATTACKS",
+    "ComparisonConfig",
     "DEFAULT_ATTACKS",
     "DEFAULT_EPS_VALUES",
     "DEFAULT_SETTINGS",

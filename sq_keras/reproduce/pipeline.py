@@ -5,7 +5,6 @@ import os
 
 from sq_keras import jsonio
 from sq_keras import provenance
-from sq_keras.reproduce.attacking import DEFAULT_SETTINGS
 from sq_keras.reproduce.attacking import load_split
 from sq_keras.reproduce.attacking import resolve_attacks
 from sq_keras.reproduce.attacking import table_columns
@@ -25,21 +24,11 @@ from sq_keras.reproduce.stages import train_all
 from sq_keras.reproduce.table import build_rows
 from sq_keras.reproduce.variants import REFERENCE
 
-DEFAULT_ATTACKS = ("strong",)
-DEFAULT_EPS_VALUES = (0.3,)
 
-
-def _check_arguments(variants, *, train_examples, holdout_examples, headline_examples):
+def _check_variants(variants):
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"Variant names must be unique. Received: {names}")
-    if holdout_examples and train_examples is None:
-        raise ValueError(
-            "`holdout_examples` needs `train_examples`: the held-out images are the "
-            "training images after the first `train_examples`."
-        )
-    if headline_examples < 0:
-        raise ValueError(f"`headline_examples` must be >= 0. Received: {headline_examples}")
 
 
 def _selection(variants, holdout, tested, attacks):
@@ -66,134 +55,67 @@ def _write_outputs(payload, *, output_dir, columns):
         f.write(page)
 
 
-def run(
-    variants,
-    *,
-    dataset,
-    epochs,
-    runs_dir,
-    output_dir,
-    num_examples,
-    attacks=DEFAULT_ATTACKS,
-    eps_values=DEFAULT_EPS_VALUES,
-    settings=None,
-    data_dir=None,
-    seed=0,
-    policy="float32",
-    eval_policy="float32",
-    train_examples=None,
-    holdout_examples=0,
-    curve_examples=None,
-    timing_steps=20,
-    timing_repeats=5,
-    train_only=False,
-    test_unselected=False,
-    selection_attacks=None,
-    select_only=False,
-    headline_examples=0,
-    command=None,
-    log=print,
-):
-    """Trains and attacks every variant, then writes the comparison.
+@dataclasses.dataclass
+class _Measured:
+    """What the comparison measured of its trained variants, for the outputs."""
 
-    Args:
-        variants: `Variant`s; one named `pgd_at` is the cost reference and the
-            transfer source for the others (else the first variant is).
-        dataset: Dataset name.
-        epochs: Training epochs of every variant.
-        runs_dir: One run directory per variant; reruns resume.
-        output_dir: Where `<dataset>.json`, `<dataset>.md` and the figures go.
-        num_examples: Test images attacked per variant.
-        attacks: Attack names or presets of `sq_keras.evaluation`.
-        eps_values: Radii; the first is the table's.
-        settings: `evaluation.AttackSettings` of the suite; default
-            `DEFAULT_SETTINGS`, PGD-100 with 5 restarts and 5000 Square
-            queries (the strongest setting measured).
-        data_dir: Local dataset directory.
-        seed: Training seed of every variant.
-        policy: Training dtype policy (must be the global one).
-        eval_policy: Dtype policy the attacked models are rebuilt in.
-        train_examples: Use only the first N training examples.
-        holdout_examples: With `train_examples`, also attack the candidate
-            variants on this many training images after the first
-            `train_examples` (never trained on) and select the candidate
-            with the best worst case there.
-        curve_examples: Test images scoring the reference after each epoch
-            (default: `num_examples`); 0 skips the curves, this one and the
-            held-out ones (the reference and every candidate after each
-            epoch, on the held-out images).
-        timing_steps: Steps per variant and repeat of the round-robin timing
-            of the train steps, which sets the cost ratios.
-        timing_repeats: Repeats of that timing (the median is kept).
-        train_only: Stop after training (returns None).
-        test_unselected: With a held-out selection, attack every candidate on
-            the test set; by default only the selected one and `baseline`
-            candidates are (the others keep their held-out numbers).
-        selection_attacks: Attacks of the held-out selection (default:
-            `attacks`), e.g. a cheaper screen of many candidates.
-        select_only: Stop after the held-out selection (and its curves):
-            nothing is attacked on the test set.
-        headline_examples: Also attack the selected recipe (every tested
-            candidate without a selection) and the reference with the
-            `autoattack` cascade on this many test images (0: no headline),
-            resuming from finished batches: the table's number on many
-            more images than the whole suite runs on.
-        command: The command line that ran this, recorded in the output.
-        log: Callable taking one line of progress text.
+    source_name: str
+    num_tested_examples: int
+    holdout: object
+    tested: list
+    curves: dict
+    reference: object
+    rows: list
 
-    Returns:
-        The dict written to `<dataset>.json`.
-    """
-    _check_arguments(
-        variants,
-        train_examples=train_examples,
-        holdout_examples=holdout_examples,
-        headline_examples=headline_examples,
+
+def _suites(config, workspace, source_name):
+    """`(suite, selection_suite)`: the test set's attacks and the held-out screen's."""
+    suite = workspace.suite(
+        attacks=list(config.attacks), settings=config.settings, source_name=source_name
     )
-    if select_only and not holdout_examples:
-        raise ValueError("`select_only` needs a held-out selection (`holdout_examples` > 0).")
-    settings = settings or DEFAULT_SETTINGS
-    attack_names = resolve_attacks(attacks)
-    workspace = Workspace(dataset, runs_dir, data_dir, policy, eval_policy, log)
-    trained = train_all(
-        variants, workspace, epochs=epochs, seed=seed, train_examples=train_examples
+    if config.selection_attacks is None:
+        return suite, suite
+    selection_suite = workspace.suite(
+        attacks=list(config.selection_attacks), settings=config.settings, source_name=source_name
     )
-    if train_only:
-        return None
-    costs = time_steps(variants, workspace, steps=timing_steps, repeats=timing_repeats)
+    return suite, selection_suite
+
+
+def _measure(variants, config, workspace, trained):
+    """Times the steps, selects on held-out images, attacks the test set."""
+    costs = time_steps(
+        variants, workspace, steps=config.timing_steps, repeats=config.timing_repeats
+    )
     source_name = REFERENCE if REFERENCE in trained else variants[0].name
-    suite = workspace.suite(attacks=list(attacks), settings=settings, source_name=source_name)
-    test = load_split(dataset, "test", num_examples=num_examples, data_dir=data_dir)
-    eps = float(eps_values[0])
-    selection_suite = suite
-    if selection_attacks is not None:
-        selection_suite = workspace.suite(
-            attacks=list(selection_attacks), settings=settings, source_name=source_name
-        )
+    suite, selection_suite = _suites(config, workspace, source_name)
+    data_dir, eps = config.data_dir, config.eps
+    test = load_split(config.dataset, "test", num_examples=config.num_examples, data_dir=data_dir)
     holdout = select_on_holdout(
-        selection_suite, variants, train_examples, holdout_examples, eps=eps, data_dir=data_dir
-    )
-    curves = measure_holdout_curves(
-        suite,
-        trained,
+        selection_suite,
         variants,
-        holdout if curve_examples != 0 else None,
+        config.train_examples,
+        config.holdout_examples,
         eps=eps,
         data_dir=data_dir,
     )
-    tested = (
-        [] if select_only else choose_tested(variants, holdout, test_unselected=test_unselected)
+    curve_holdout = holdout if config.curve_examples != 0 else None
+    curves = measure_holdout_curves(
+        suite, trained, variants, curve_holdout, eps=eps, data_dir=data_dir
     )
-    reports = attack_tested(suite, tested, test, eps_values=eps_values)
+    tested = []
+    if not config.select_only:
+        tested = choose_tested(variants, holdout, test_unselected=config.test_unselected)
+    reports = attack_tested(suite, tested, test, eps_values=config.eps_values)
     headlines = attack_headlines(
         suite,
         headline_names(tested, holdout),
-        num_examples=headline_examples,
+        num_examples=config.headline_examples,
         eps=eps,
         data_dir=data_dir,
     )
+    curve_examples = 0 if config.select_only else config.curve_examples
     reference = measure_reference(
-        suite, trained, costs, test, eps=eps, curve_examples=0 if select_only else curve_examples
+        suite, trained, costs, test, eps=eps, curve_examples=curve_examples
     )
     rows = build_rows(
         variants,
@@ -205,31 +127,69 @@ def run(
         holdout_curves=curves,
         headlines=headlines,
     )
-    os.makedirs(output_dir, exist_ok=True)
-    files = write_figures(rows, output_dir, dataset)
-    payload = {
-        "command": command,
-        "dataset": dataset,
-        "epochs": epochs,
-        "seed": seed,
-        "policy": policy,
-        "eps": eps,
-        "num_examples": len(test.labels),
-        "headline_examples": headline_examples,
-        "transfer_source": source_name,
-        "attack_settings": dataclasses.asdict(settings),
-        "train_examples": train_examples,
-        "holdout_examples": holdout_examples,
-        "test_unselected": test_unselected,
-        "select_only": select_only,
+    return _Measured(source_name, len(test.labels), holdout, tested, curves, reference, rows)
+
+
+def _payload(variants, config, measured, figures):
+    """The record written to `<dataset>.json`."""
+    selection_attacks = list(config.selection_attacks) if config.selection_attacks else None
+    reference = measured.reference
+    return {
+        "command": config.command,
+        "dataset": config.dataset,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "policy": config.policy,
+        "eps": config.eps,
+        "num_examples": measured.num_tested_examples,
+        "headline_examples": config.headline_examples,
+        "transfer_source": measured.source_name,
+        "attack_settings": dataclasses.asdict(config.settings),
+        "train_examples": config.train_examples,
+        "holdout_examples": config.holdout_examples,
+        "test_unselected": config.test_unselected,
+        "select_only": config.select_only,
         "environment": provenance.environment(),
-        "selection": _selection(
-            variants, holdout, tested, list(selection_attacks) if selection_attacks else None
-        ),
+        "selection": _selection(variants, measured.holdout, measured.tested, selection_attacks),
         "reference_curve": reference.curve if reference is not None else None,
-        "holdout_curves": curves,
-        "rows": rows,
-        "figures": files,
+        "holdout_curves": measured.curves,
+        "rows": measured.rows,
+        "figures": figures,
     }
-    _write_outputs(payload, output_dir=output_dir, columns=table_columns(attack_names))
+
+
+def run(variants, config, *, log=print):
+    """Trains and attacks every variant, then writes the comparison.
+
+    Args:
+        variants: `Variant`s; one named `pgd_at` is the cost reference and the
+            transfer source for the others (else the first variant is).
+        config: A `ComparisonConfig`.
+        log: Callable taking one line of progress text.
+
+    Returns:
+        The dict written to `<dataset>.json`; None with `config.train_only`.
+
+    Raises:
+        ValueError: Variant names that are not unique, or a bad setting.
+    """
+    _check_variants(variants)
+    workspace = Workspace(
+        config.dataset, config.runs_dir, config.data_dir, config.policy, config.eval_policy, log
+    )
+    trained = train_all(
+        variants,
+        workspace,
+        epochs=config.epochs,
+        seed=config.seed,
+        train_examples=config.train_examples,
+    )
+    if config.train_only:
+        return None
+    measured = _measure(variants, config, workspace, trained)
+    os.makedirs(config.output_dir, exist_ok=True)
+    figures = write_figures(measured.rows, config.output_dir, config.dataset)
+    payload = _payload(variants, config, measured, figures)
+    columns = table_columns(resolve_attacks(config.attacks))
+    _write_outputs(payload, output_dir=config.output_dir, columns=columns)
     return payload

@@ -11,6 +11,10 @@ from sq_keras import reproduce
 from sq_keras.reproduce import stages
 
 
+def _run(variants, log=print, **options):
+    return reproduce.run(variants, reproduce.ComparisonConfig(**options), log=log)
+
+
 class ReproduceTest(parameterized.TestCase):
     def test_tiny_comparison_writes_table_figures_and_resumes(self):
         root = self.create_tempdir().full_path
@@ -39,7 +43,7 @@ class ReproduceTest(parameterized.TestCase):
         )
         # By default the test set attacks only the selected candidate (and the
         # variants that are not candidates).
-        first = reproduce.run(variants, **kwargs)
+        first = _run(variants, **kwargs)
         selected = first["selection"]["selected"]
         (unselected,) = {"natural", "sq_noisy_sign"} - {selected}
         first_rows = {r["name"]: r for r in first["rows"]}
@@ -56,7 +60,7 @@ class ReproduceTest(parameterized.TestCase):
         # --test_unselected attacks the rest, reusing every trained model.
         kwargs["test_unselected"] = True
         lines = []
-        payload = reproduce.run(variants, **{**kwargs, "log": lines.append})
+        payload = _run(variants, **{**kwargs, "log": lines.append})
         self.assertFalse(any(line.startswith("Epoch") for line in lines))
         attacked = [line for line in lines if "attacking" in line]
         self.assertEqual(attacked, [f"== {unselected}: attacking 40 test images"])
@@ -155,7 +159,7 @@ class ReproduceTest(parameterized.TestCase):
         report = os.path.join(runs, "natural", "evaluation", "report.json")
         stamp = os.path.getmtime(report)
         lines = []
-        again = reproduce.run(variants, **{**kwargs, "log": lines.append})
+        again = _run(variants, **{**kwargs, "log": lines.append})
         self.assertFalse(any(line.startswith("Epoch") for line in lines))
         self.assertFalse(any("attacking" in line for line in lines))
         self.assertEqual(os.path.getmtime(report), stamp)
@@ -165,9 +169,9 @@ class ReproduceTest(parameterized.TestCase):
         # A selection with other attacks than the cached held-out reports is
         # refused; --select_only stops after the selection.
         with self.assertRaisesRegex(ValueError, "Delete it"):
-            reproduce.run(variants, **{**kwargs, "selection_attacks": ("fgsm",)})
+            _run(variants, **{**kwargs, "selection_attacks": ("fgsm",)})
         lines = []
-        selected_only = reproduce.run(
+        selected_only = _run(
             variants,
             **{**kwargs, "output_dir": os.path.join(root, "selection"), "log": lines.append},
             selection_attacks=kwargs["attacks"],
@@ -192,47 +196,14 @@ class ReproduceTest(parameterized.TestCase):
         self.assertEqual(trained["short"].results["epochs_done"], 1)
         self.assertLen(trained["short"].history, 1)
 
-    def test_holdout_needs_train_examples(self):
-        with self.assertRaisesRegex(ValueError, "train_examples"):
-            reproduce.run(
-                [reproduce.Variant("a", "natural", candidate=True)],
-                dataset="mnist",
-                epochs=1,
-                runs_dir="x",
-                output_dir="y",
-                num_examples=1,
-                holdout_examples=10,
-            )
-
-    def test_select_only_needs_a_selection(self):
-        with self.assertRaisesRegex(ValueError, "select_only"):
-            reproduce.run(
-                [reproduce.Variant("a", "natural", candidate=True)],
-                dataset="mnist",
-                epochs=1,
-                runs_dir="x",
-                output_dir="y",
-                num_examples=1,
-                select_only=True,
-            )
-
-    def test_negative_headline_examples_are_refused(self):
-        with self.assertRaisesRegex(ValueError, "`headline_examples` must be >= 0. Received: -1"):
-            reproduce.run(
-                [reproduce.Variant("a", "natural")],
-                dataset="mnist",
-                epochs=1,
-                runs_dir="x",
-                output_dir="y",
-                num_examples=1,
-                headline_examples=-1,
-            )
-
     def test_duplicate_names_are_refused(self):
         v = reproduce.Variant("a", "natural")
         with self.assertRaisesRegex(ValueError, "unique"):
             reproduce.run(
-                [v, v], dataset="mnist", epochs=1, runs_dir="x", output_dir="y", num_examples=1
+                [v, v],
+                reproduce.ComparisonConfig(
+                    dataset="mnist", epochs=1, runs_dir="x", output_dir="y", num_examples=1
+                ),
             )
 
 
