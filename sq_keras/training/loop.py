@@ -324,8 +324,8 @@ def _export(run, results):
 def _finish(run, first_epoch, log):
     """Saves the model; the chief exports and writes `results.json`.
 
-    A finished run rerun as is trains nothing and keeps its files: its
-    `model.keras` is not saved again, so the file's digest, which resumable
+    A finished run rerun as is trains nothing and keeps its model, results
+    and export: its `model.keras` is not saved again, so the file's digest, which resumable
     evaluations record, stays the same. It is exported only if it never was
     and `export_dir` asks for it now.
     """
