@@ -174,6 +174,8 @@ def run(variants, config, *, log=print):
         ValueError: Variant names that are not unique, or a bad setting.
     """
     _check_variants(variants)
+    # Unknown attack names fail here, not after hours of training.
+    columns = table_columns(resolve_attacks(config.attacks))
     workspace = Workspace(
         config.dataset, config.runs_dir, config.data_dir, config.policy, config.eval_policy, log
     )
@@ -190,6 +192,5 @@ def run(variants, config, *, log=print):
     os.makedirs(config.output_dir, exist_ok=True)
     figures = write_figures(measured.rows, config.output_dir, config.dataset)
     payload = _payload(variants, config, measured, figures)
-    columns = table_columns(resolve_attacks(config.attacks))
     _write_outputs(payload, output_dir=config.output_dir, columns=columns)
     return payload
