@@ -325,19 +325,17 @@ def _finish(run, first_epoch, log):
     """Saves the model; the chief exports and writes `results.json`.
 
     A finished run rerun as is trains nothing and keeps its model, results
-    and export: its `model.keras` is not saved again, so the file's digest, which resumable
-    evaluations record, stays the same. It is exported only if it never was
-    and `export_dir` asks for it now.
+    and export: its `model.keras` is not saved again, so the file's digest,
+    which resumable evaluations record, stays the same. It is exported only
+    if it never was and `export_dir` asks for it now.
     """
     config = run.config
     previous = _finished_results(run) if first_epoch == config.epochs else None
     if previous is not None and (previous.get("export_path") or not config.export_dir):
         log("The run had already finished; nothing trained, saved or exported.")
         return previous
-    if previous is not None:
-        results = previous
-    else:
-        results = _results(run, run.run_dir.save_model(run.model))
+    # A finished run asked for its first export keeps its saved model.
+    results = previous or _results(run, run.run_dir.save_model(run.model))
     if not run.run_dir.chief:
         return results
     if config.export_dir:
