@@ -3,16 +3,19 @@
 Wall-clock seconds per epoch depend on whatever else the machine runs. To
 compare methods, `time_train_steps` builds each configuration's real train
 step (`training.build_components`: same model, optimiser and batch as a
-training run) and times them round-robin in one
-process: every repeat runs `steps` steps of each configuration in turn, so
-load from other processes hits all of them alike, and the median over repeats
-is kept. The process's CPU time is kept beside the wall time: on a machine
-shared with other work it still counts what a step computes, where wall time
-also counts the waits for a core. Images are random (a step's cost does not depend on pixel values);
-the noise of noisy-sample methods, which training adds in the input pipeline,
-is timed with the step. Methods with per-example state (`sq_free`) get
-their batches' indices and a perturbation memory of `num_train` examples, so
-the memory's gather and scatter are timed too.
+training run) and times them round-robin in one process: every repeat runs
+`steps` steps of each configuration in turn, so load from other processes hits
+all of them alike, and the median over repeats is kept. Each turn starts with
+one untimed step: the first step after another configuration's turn runs on
+cold caches, and without it the configuration timed right after the heaviest
+one (`natural` after `pgd_at` in the MNIST comparison) measured 5-25% slower
+than its steady state. The process's CPU time is kept beside the wall time: on
+a machine shared with other work it still counts what a step computes, where
+wall time also counts the waits for a core. Images are random (a step's cost
+does not depend on pixel values); the noise of noisy-sample methods, which
+training adds in the input pipeline, is timed with the step. Methods with
+per-example state (`sq_free`) get their batches' indices and a perturbation memory
+of `num_train` examples, so the memory's gather and scatter are timed too.
 
 ```python
 configs = {m: TrainConfig(dataset="mnist", method=m) for m in ("natural", "pgd_at")}
@@ -121,10 +124,12 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None, 
 
 
 def _time_round_robin(runs, *, steps, repeats, log):
-    """Wall and CPU seconds of `steps` steps of each run, per repeat, the runs taking turns."""
+    """Wall and CPU seconds of `steps` steps of each run, per repeat, the runs taking
+    turns; each turn's first step is untimed."""
     seconds, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     for repeat in range(repeats):
         for name, (step, batch) in runs.items():
+            float(step(*batch(steps))[0])  # warms the caches the previous turn used
             start, start_cpu = time.perf_counter(), time.process_time()
             for i in range(steps):
                 out = step(*batch(i))

@@ -1,5 +1,7 @@
 """Tests for sq_keras.throughput."""
 
+import time
+
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -37,6 +39,27 @@ class TimeTrainStepsTest(parameterized.TestCase):
         self.assertGreater(cpu["pgd_at"], 3 * cpu["natural"])
         # Free training's attack rides on the update's own backward pass.
         self.assertLess(cpu["sq_free"], 0.5 * cpu["pgd_at"])
+
+    def test_a_turn_after_another_run_is_timed_at_its_steady_cost(self):
+        # A fake run whose first step after the other run's turn is slow, as a
+        # real step is on the caches the previous turn left behind.
+        last = {"run": None}
+
+        def fake(name, seconds, cold_seconds):
+            def step(*args):
+                time.sleep(cold_seconds if last["run"] != name else seconds)
+                last["run"] = name
+                return [0.0]
+
+            return step, lambda index: ()
+
+        runs = {"light": fake("light", 0.001, 0.2), "heavy": fake("heavy", 0.01, 0.01)}
+        seconds, _ = throughput._time_round_robin(runs, steps=4, repeats=2, log=None)
+        for turns in seconds.values():
+            self.assertLen(turns, 2)
+        # Four steady steps of 1 ms each: far below one cold step of 200 ms.
+        self.assertLess(max(seconds["light"]), 0.1)
+        self.assertGreater(min(seconds["heavy"]), 0.04)
 
     @parameterized.parameters("batch_size", "steps", "repeats", "num_train")
     def test_bad_counts_are_refused(self, name):
