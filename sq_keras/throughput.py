@@ -8,14 +8,15 @@ training run) and times them round-robin in one process: every repeat runs
 all of them alike, and the median over repeats is kept. Each turn starts with
 one untimed step: the first step after another configuration's turn runs on
 cold caches, and without it the configuration timed right after the heaviest
-one (`natural` after `pgd_at` in the MNIST comparison) measured 5-25% slower
-than its steady state. The process's CPU time is kept beside the wall time: on
-a machine shared with other work it still counts what a step computes, where
-wall time also counts the waits for a core. Images are random (a step's cost
-does not depend on pixel values); the noise of noisy-sample methods, which
-training adds in the input pipeline, is timed with the step. Methods with
-per-example state (`sq_free`) get their batches' indices and a perturbation memory
-of `num_train` examples, so the memory's gather and scatter are timed too.
+one (`natural` after `pgd_at` in the MNIST comparison) measured 5% slower or
+more than its steady state. The process's CPU time is kept beside the wall
+time: on a machine shared with other work it still counts what a step
+computes, where wall time also counts the waits for a core. Images are random
+(a step's cost does not depend on pixel values); the noise of noisy-sample
+methods, which training adds in the input pipeline, is timed with the step.
+Methods with per-example state (`sq_free`) get their batches' indices and a
+perturbation memory of `num_train` examples, so the memory's gather and
+scatter are timed too.
 
 ```python
 configs = {m: TrainConfig(dataset="mnist", method=m) for m in ("natural", "pgd_at")}
