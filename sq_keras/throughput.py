@@ -130,7 +130,7 @@ def _time_round_robin(runs, *, steps, repeats, log):
     seconds, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     for repeat in range(repeats):
         for name, (step, batch) in runs.items():
-            float(step(*batch(steps))[0])  # warms the caches the previous turn used
+            float(step(*batch(steps))[0])  # untimed: refills the caches the previous turn took
             start, start_cpu = time.perf_counter(), time.process_time()
             for i in range(steps):
                 out = step(*batch(i))
