@@ -154,14 +154,19 @@ def loss_and_gradients(model_fn, variables, images, labels, *, scale=None):
     return per_example, logits, grads, input_grad
 
 
-def signed_step(x_adv, gradient, images, *, eps, step_size):
+def signed_step(x_adv, gradient, images, *, eps, step_size, skip_non_finite=True):
     """`x_adv + step_size * sign(gradient)`, back in the eps-ball and [0, 1].
 
-    Non-finite gradient entries (a loss-scale overflow under mixed_float16)
-    move nothing.
+    Args:
+        skip_non_finite: Non-finite gradient entries move nothing: under
+            mixed_float16 a loss-scale overflow makes them, and the optimiser
+            skips that update too. Without loss scaling only a diverged model
+            has them, and the free step leaves the guard out: its three
+            element-wise ops cost about 2% of an MNIST train step on CPU.
     """
-    finite = tf.where(tf.math.is_finite(gradient), gradient, tf.zeros_like(gradient))
-    moved = x_adv + step_size * tf.sign(tf.cast(finite, x_adv.dtype))
+    if skip_non_finite:
+        gradient = tf.where(tf.math.is_finite(gradient), gradient, tf.zeros_like(gradient))
+    moved = x_adv + step_size * tf.sign(tf.cast(gradient, x_adv.dtype))
     return attacks.clip_to_bounds(attacks.project_linf(moved, images, eps))
 
 
@@ -258,6 +263,7 @@ def build_free_step(model, optimizer, config, strategy, *, num_train):
         seed=config.seed,
     )
     variables = model.trainable_variables
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def update(x_adv, images, labels, global_n):
         """One optimiser update on `x_adv`; the next `x_adv`, loss sum and hits."""
@@ -270,7 +276,12 @@ def build_free_step(model, optimizer, config, strategy, *, num_train):
         )
         optimizer.apply_gradients(zip(grads, variables))
         x_next = signed_step(
-            x_adv, input_grad, images, eps=config.eps, step_size=config.free_step_size
+            x_adv,
+            input_grad,
+            images,
+            eps=config.eps,
+            step_size=config.free_step_size,
+            skip_non_finite=loss_scaled,
         )
         predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int32))

@@ -146,6 +146,44 @@ class PerturbationMemoryTest(parameterized.TestCase):
         self.assertGreater(np.abs(memory[50:82]).mean(), 0.05)
 
 
+class SignedStepTest(parameterized.TestCase):
+    def test_non_finite_gradient_entries_move_nothing_when_skipped(self):
+        images, _ = _mnist(2)
+        x = tf.constant(images)
+        gradient = np.ones_like(images)
+        gradient[0, 14, 14, 0], gradient[1, 3, 3, 0] = np.nan, np.inf
+        moved = training.free.signed_step(x, gradient, x, eps=EPS, step_size=0.1).numpy()
+        still = np.zeros(images.shape, bool)
+        still[0, 14, 14, 0] = still[1, 3, 3, 0] = True
+        np.testing.assert_array_equal(moved[still], images[still])
+        np.testing.assert_allclose(moved[~still], np.minimum(images[~still] + 0.1, 1.0))
+        unguarded = training.free.signed_step(
+            x, gradient, x, eps=EPS, step_size=0.1, skip_non_finite=False
+        ).numpy()
+        self.assertTrue(np.isnan(unguarded[0, 14, 14, 0]))
+
+    @parameterized.named_parameters(("loss_scaled", True), ("plain", False))
+    def test_the_step_guards_gradients_only_under_loss_scaling(self, loss_scaled):
+        images, labels = _mnist(16)
+        config = training.TrainConfig(
+            dataset="mnist", method="sq_free", eps=EPS, mixed_precision="float32"
+        ).resolved()
+        optimizer = keras.optimizers.Adam(1e-3)
+        if loss_scaled:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        signed_step = training.free.signed_step
+        with mock.patch.object(training.free, "signed_step", wraps=signed_step) as spy:
+            step = training.build_free_step(
+                _model(quantizer=True),
+                optimizer,
+                config,
+                tf.distribute.get_strategy(),
+                num_train=16,
+            )
+            step(images, labels, np.arange(16))
+        self.assertEqual(spy.call_args.kwargs["skip_non_finite"], loss_scaled)
+
+
 class FreeTrainingRunTest(parameterized.TestCase):
     def test_a_run_killed_in_epoch_two_resumes_to_identical_metrics(self):
         kwargs = dict(
