@@ -27,6 +27,7 @@ Layout of `model_dir`:
 Modules: `config` (`TrainConfig`, its defaults and checks), `methods` (the
 registry of methods), `steps` (one train step per kind), `free` (free
 adversarial training: the step and its per-example perturbation memory),
+`fast_backward` (a faster first-convolution input gradient for the steps),
 `schedules` (alpha per epoch, learning rate per step), `components` (the
 model, optimiser and step of a configuration), `metrics` (per-epoch
 measurements), `rundir` (the run directory), `loop` (`train`).

@@ -30,10 +30,8 @@ import keras
 import tensorflow as tf
 
 from sq_keras import attacks
-from sq_keras import layers
 from sq_keras.attacks.bpda import stand_in_derivative
-from sq_keras.attacks.fast_input_gradients import conv_input_gradient
-from sq_keras.attacks.fast_input_gradients import plain_single_channel_conv
+from sq_keras.training.fast_backward import fast_backward_model
 
 FREE_INITS = ("uniform", "zeros")
 MEMORY_DTYPES = ("float32", "bfloat16")
@@ -42,18 +40,13 @@ MEMORY_DTYPES = ("float32", "bfloat16")
 def shared_backward_model(model, *, stand_in="identity", smooth_alpha=10.0):
     """A copy of `model` whose one backward pass serves the update and the attack.
 
-    Layers and weights are the model's own, and so is every output. Two kinds
-    of layer get another backward pass:
-
-    * each `SoftQuantization` layer q becomes `q(sg(x)) + (x - sg(x)) *
-      sg(d(x))`, with `sg` the stop-gradient and `d` the derivative of the
-      BPDA stand-in (1 for "identity", see `sq_keras.attacks.bpda`): the
-      value is exactly `q(x)`, the derivative in x is `d(x)`, and the
-      thresholds get their true gradient;
-    * a float32 stride-1 'same' Conv2D on one input channel (MNIST's first
-      layer) gets the input gradient of `sq_keras.attacks.fast_input_gradients`
-      (TensorFlow's own runs a CPU kernel several times slower than the
-      layer's forward pass) and TensorFlow's weight gradients.
+    Layers and weights are the model's own, and so is every output. Each
+    `SoftQuantization` layer q becomes `q(sg(x)) + (x - sg(x)) * sg(d(x))`,
+    with `sg` the stop-gradient and `d` the derivative of the BPDA stand-in
+    (1 for "identity", see `sq_keras.attacks.bpda`): the value is exactly
+    `q(x)`, the derivative in x is `d(x)`, and the thresholds get their true
+    gradient. A float32 single-channel first convolution gets the fast input
+    gradient of `sq_keras.training.fast_backward`.
 
     Args:
         model: A functional `keras.Model`.
@@ -65,16 +58,8 @@ def shared_backward_model(model, *, stand_in="identity", smooth_alpha=10.0):
         rewritten layers are not its own: differentiate with respect to
         `model.trainable_variables`.
     """
-
-    def call_function(layer, *args, **kwargs):
-        if isinstance(layer, layers.SoftQuantization):
-            return _straight_through(layer, stand_in, smooth_alpha)(args[0])
-        if plain_single_channel_conv(layer) and layer.compute_dtype == "float32":
-            return _conv_with_fast_input_gradient(layer)(args[0])
-        return layer(*args, **kwargs)
-
-    return keras.models.clone_model(
-        model, clone_function=lambda layer: layer, call_function=call_function, recursive=True
+    return fast_backward_model(
+        model, quantizer_call=lambda layer: _straight_through(layer, stand_in, smooth_alpha)
     )
 
 
@@ -88,42 +73,6 @@ def _straight_through(layer, stand_in, smooth_alpha):
 
     name = f"{layer.name}_straight_through"
     return keras.layers.Lambda(forward, name=name, dtype=layer.dtype_policy)
-
-
-def _conv_with_fast_input_gradient(layer):
-    """A Lambda layer: the Conv2D `layer`, its input gradient in the depthwise form."""
-
-    def call(inputs):
-        @tf.custom_gradient
-        def forward(x):
-            outputs = layer(x)
-
-            def gradient(upstream, variables=None):
-                g = upstream
-                if layer.activation is keras.activations.relu:
-                    g = tf.raw_ops.ReluGrad(gradients=upstream, features=outputs)
-                dx = conv_input_gradient(layer, x, outputs, g, activation=False)
-                return dx, [_conv_weight_gradient(v, x, g) for v in variables or []]
-
-            return outputs, gradient
-
-        return forward(inputs)
-
-    name = f"{layer.name}_fast_input_gradient"
-    return keras.layers.Lambda(call, name=name, dtype=layer.dtype_policy)
-
-
-def _conv_weight_gradient(variable, inputs, pre_activation_gradient):
-    """TensorFlow's gradient of a stride-1 'same' Conv2D's kernel or bias."""
-    if variable.shape.rank == 1:  # the bias
-        return tf.reduce_sum(pre_activation_gradient, axis=[0, 1, 2])
-    return tf.raw_ops.Conv2DBackpropFilter(
-        input=inputs,
-        filter_sizes=tf.shape(variable),
-        out_backprop=pre_activation_gradient,
-        strides=[1, 1, 1, 1],
-        padding="SAME",
-    )
 
 
 def loss_and_gradients(model_fn, variables, images, labels, *, scale=None):

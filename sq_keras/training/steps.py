@@ -30,6 +30,8 @@ import tensorflow as tf
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import layers
+from sq_keras.training.fast_backward import fast_backward_model
+from sq_keras.training.fast_backward import speeds_up
 from sq_keras.training.free import build_free_step
 
 
@@ -136,10 +138,18 @@ def _clean(images, labels, seed):
 
 
 def _cross_entropy_loss(model):
-    """`loss(images, labels)`: the model's cross-entropy in training mode."""
+    """`loss(images, labels)`: the model's cross-entropy in training mode.
+
+    The thresholds of a `SoftQuantization` front are differentiated through
+    the first convolution's input gradient; where TensorFlow's is slow, the
+    loss runs through `fast_backward_model` (same values and gradients).
+    """
+    forward = model
+    if layers.quantization_layers(model) and speeds_up(model):
+        forward = fast_backward_model(model)
 
     def loss(images, labels):
-        logits = model(images, training=True)
+        logits = forward(images, training=True)
         return _cross_entropy(labels, logits), logits
 
     return loss

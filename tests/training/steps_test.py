@@ -10,7 +10,10 @@ from absl.testing import parameterized
 
 from sq_keras import attacks
 from sq_keras import data
+from sq_keras import models
 from sq_keras import training
+from sq_keras.training import fast_backward
+from sq_keras.training import steps
 
 
 def _mnist_batch(n):
@@ -62,6 +65,37 @@ class TrainStepTest(parameterized.TestCase):
         self.assertGreater(float(distance), 0.5 * limit)
         self.assertGreaterEqual(float(bounds[0]), 0.0)
         self.assertLessEqual(float(bounds[1]), 1.0)
+
+    @parameterized.parameters("sq_noisy", "sq_fgsm")
+    def test_quantizer_models_train_on_their_own_gradients_through_the_fast_conv(self, method):
+        images, labels = _mnist_batch(32)
+        config = training.TrainConfig(
+            dataset="mnist", method=method, mixed_precision="float32"
+        ).resolved()
+        keras.utils.set_random_seed(0)
+        model = models.build(
+            "madry_mnist",
+            input_shape=(28, 28, 1),
+            num_classes=10,
+            soft_quantization={"num_thresholds": 2, "alpha": 10.0},
+        )
+        kind = training.METHODS[method].step
+        objective = steps.OBJECTIVES[kind](model, keras.optimizers.Adam(), config)
+        x = tf.constant(images)
+        fast = fast_backward.conv_input_gradient
+        with mock.patch.object(fast_backward, "conv_input_gradient", wraps=fast) as spy:
+            with tf.GradientTape() as tape:
+                per_example, logits = objective.loss(x, labels)
+                loss = tf.reduce_sum(per_example)
+            grads = tape.gradient(loss, model.trainable_variables)
+        self.assertEqual(spy.call_count, 1)
+        np.testing.assert_array_equal(logits, model(x, training=True))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(attacks.cross_entropy_loss(model(x, training=True), labels))
+        expected = tape.gradient(loss, model.trainable_variables)
+        for variable, got, want in zip(model.trainable_variables, grads, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.path)
+            self.assertGreater(np.abs(got).sum(), 0.0, variable.path)
 
     def test_gradnorm_penalty_matches_finite_differences(self):
         images, labels = _mnist_batch(3)
