@@ -65,9 +65,10 @@ def has_slow_input_gradient(layer):
 def speeds_up(model):
     """Whether `fast_backward_model(model)` rewrites any layer.
 
-    False for subclassed models, which cannot be cloned layer by layer.
+    False for Sequential and subclassed models, which `keras.models.clone_model`
+    cannot rewrite layer by layer.
     """
-    if not (isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")):
+    if isinstance(model, keras.Sequential) or not hasattr(model, "_run_through_graph"):
         return False
     inner = model._flatten_layers(include_self=False, recursive=True)
     return any(has_slow_input_gradient(layer) for layer in inner)

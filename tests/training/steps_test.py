@@ -10,6 +10,7 @@ from absl.testing import parameterized
 
 from sq_keras import attacks
 from sq_keras import data
+from sq_keras import layers
 from sq_keras import models
 from sq_keras import training
 from sq_keras.training import fast_backward
@@ -96,6 +97,28 @@ class TrainStepTest(parameterized.TestCase):
         for variable, got, want in zip(model.trainable_variables, grads, expected):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.path)
             self.assertGreater(np.abs(got).sum(), 0.0, variable.path)
+
+    def test_a_sequential_quantizer_model_trains_on_its_own_backward_pass(self):
+        # clone_model cannot rewrite a Sequential model's layers: it keeps its own.
+        images, labels = _mnist_batch(8)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                layers.SoftQuantization(num_thresholds=2),
+                keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10),
+            ]
+        )
+        config = training.TrainConfig(dataset="mnist", method="sq_noisy").resolved()
+        objective = steps.standard_objective(model, None, config)
+        x = tf.constant(images)
+        with tf.GradientTape() as tape:
+            per_example, logits = objective.loss(x, labels)
+        grads = tape.gradient(per_example, model.trainable_variables)
+        np.testing.assert_array_equal(logits, model(x, training=True))
+        self.assertTrue(all(np.abs(g).sum() > 0 for g in grads))
 
     def test_gradnorm_penalty_matches_finite_differences(self):
         images, labels = _mnist_batch(3)
