@@ -1,5 +1,9 @@
-"""A small training configuration shared by the training tests, and a step that dies."""
+"""Shared by the training tests: a small run configuration, a dying step, a gradient check."""
 
+import numpy as np
+import tensorflow as tf
+
+from sq_keras import attacks
 from sq_keras import training
 
 
@@ -46,3 +50,14 @@ class _DyingStep:
             raise Killed
         self._left -= 1
         return self._step(*batch)
+
+
+def assert_the_models_own_weight_gradients(test, model, images, labels, grads):
+    """`grads` are the gradients of `model`'s summed cross-entropy in training mode
+    with respect to its trainable variables, thresholds included, and none is zero."""
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(attacks.cross_entropy_loss(model(images, training=True), labels))
+    expected = tape.gradient(loss, model.trainable_variables)
+    for variable, got, want in zip(model.trainable_variables, grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.path)
+        test.assertGreater(np.abs(got).sum(), 0.0, variable.path)

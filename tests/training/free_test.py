@@ -15,6 +15,7 @@ from sq_keras import models
 from sq_keras import training
 from tests.testing_utils import run_mirrored_probe
 from tests.training.fixtures import Killed
+from tests.training.fixtures import assert_the_models_own_weight_gradients
 from tests.training.fixtures import dying_after
 from tests.training.fixtures import small_config
 
@@ -85,12 +86,7 @@ class SharedBackwardPassTest(parameterized.TestCase):
             self.assertGreater(np.abs(expected_grad - true_grad).max(), 100 * tolerance)
 
         # The weights, thresholds included, get the model's own gradient.
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(attacks.cross_entropy_loss(model(x, training=True), labels))
-        expected = tape.gradient(loss, model.trainable_variables)
-        for variable, got, want in zip(model.trainable_variables, grads, expected):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.path)
-            self.assertGreater(np.abs(got).sum(), 0.0, variable.path)
+        assert_the_models_own_weight_gradients(self, model, x, labels, grads)
 
 
 class PerturbationMemoryTest(parameterized.TestCase):
