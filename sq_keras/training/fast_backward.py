@@ -30,7 +30,8 @@ def fast_backward_model(model, *, quantizer_call=None):
     Layers and weights are the model's own, and so is every output. A float32
     stride-1 'same' Conv2D on one input channel (MNIST's first layer) gets the
     input gradient of `sq_keras.attacks.fast_input_gradients` and TensorFlow's
-    weight gradients. In bfloat16 TensorFlow's own kernel is the faster one
+    weight gradients. In bfloat16 TensorFlow's own kernel was the faster one
+    on the Intel Xeon with AMX where the train steps were timed
     (`benchmarks/conv_input_gradient.py`), so those layers are left alone.
 
     Args:
