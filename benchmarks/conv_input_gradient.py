@@ -29,9 +29,9 @@ from sq_keras import jsonio  # noqa: E402
 from sq_keras import provenance  # noqa: E402
 from sq_keras.attacks.fast_input_gradients import conv_input_gradient  # noqa: E402
 
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per call.")
-_CALLS = flags.DEFINE_integer("calls", 20, "Timed calls per round.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds; the fastest is kept.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per call.", lower_bound=1)
+_CALLS = flags.DEFINE_integer("calls", 20, "Timed calls per round.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Rounds; the fastest is kept.", lower_bound=1)
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results as JSON here.")
 
 DTYPES = ("float32", "bfloat16")
@@ -77,9 +77,6 @@ def _best_seconds(fn, calls, repeats):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    for name in ("batch_size", "calls", "repeats"):
-        if flags.FLAGS[name].value < 1:
-            raise app.UsageError(f"--{name} must be positive.")
     rows = {}
     print("| dtype | forward ms | TensorFlow input gradient ms | depthwise input gradient ms |")
     print("|---|---|---|---|")
