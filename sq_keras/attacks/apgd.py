@@ -16,6 +16,7 @@ from sq_keras.attacks.linf import inputs
 from sq_keras.attacks.linf import keep_more_damaging
 from sq_keras.attacks.linf import misclassified
 from sq_keras.attacks.linf import project
+from sq_keras.attacks.linf import running
 from sq_keras.attacks.linf import score_and_keep
 from sq_keras.attacks.linf import uniform_start
 from sq_keras.attacks.losses import loss_by_name
@@ -58,6 +59,7 @@ def apgd(
     clip_min=0.0,
     clip_max=1.0,
     seed=0,
+    stop_when_all_fooled=True,
 ):
     """Auto-PGD: step-size-free PGD with momentum (Croce and Hein 2020).
 
@@ -83,6 +85,10 @@ def apgd(
         clip_min: Smallest valid pixel value.
         clip_max: Largest valid pixel value.
         seed: Integer seed of the random start.
+        stop_when_all_fooled: End a run's steps once every example it attacks
+            has been misclassified at a visited point; which examples are
+            fooled cannot change after that, so robust accuracy is the same
+            as with all steps.
 
     Returns:
         Adversarial images, same shape as `x`, gradient stopped.
@@ -102,6 +108,7 @@ def apgd(
         start,
         initial_best(x),
         settings=(eps, num_steps, momentum, rho, clip_min, clip_max),
+        stop_when_all_fooled=stop_when_all_fooled,
     )
     best = score_and_keep(best, model_fn, x_last, y, loss_fn)
     return tf.stop_gradient(best[0])
@@ -121,6 +128,7 @@ def apgd_targeted(
     clip_min=0.0,
     clip_max=1.0,
     seed=0,
+    stop_when_all_fooled=True,
 ):
     """APGD-T: one targeted Auto-PGD run per likely wrong class (Croce and Hein 2020).
 
@@ -152,6 +160,10 @@ def apgd_targeted(
         clip_max: Largest valid pixel value.
         seed: Integer seed of the random starts (target `k` uses stream
             `k - 1`, so the first target starts where `apgd` starts).
+        stop_when_all_fooled: End a run's steps once every example it attacks
+            has been misclassified at a visited point; which examples are
+            fooled cannot change after that, so robust accuracy is the same
+            as with all steps.
 
     Returns:
         Adversarial images, same shape as `x`, gradient stopped.
@@ -173,6 +185,7 @@ def apgd_targeted(
         model_fn,
         loss,
         settings=(eps, num_steps, momentum, rho, clip_min, clip_max),
+        stop=stop_when_all_fooled,
     )
     batch = tf.shape(x)[0]
     best = (x, misclassified(logits, y), tf.fill([batch], -float("inf")))
@@ -208,7 +221,7 @@ def ranked_targets(logits, y, num_targets):
     return tf.cast(tf.math.top_k(wrong, k=num_targets).indices, tf.int64)
 
 
-def _attack_target(model_fn, loss, examples, best, *, settings):
+def _attack_target(model_fn, loss, examples, best, *, settings, stop):
     """One APGD-T run on the examples no earlier run has misclassified.
 
     Args:
@@ -219,6 +232,7 @@ def _attack_target(model_fn, loss, examples, best, *, settings):
             other examples share the batch.
         best: `(x, fooled, loss)` of the whole batch, see `keep_more_damaging`.
         settings: See `_apgd_run`.
+        stop: `stop_when_all_fooled` of `_apgd_run`.
 
     Returns:
         The updated `best`. With nothing left to attack the model is skipped
@@ -231,14 +245,16 @@ def _attack_target(model_fn, loss, examples, best, *, settings):
         best_sub = tuple(tf.gather_nd(t, index) for t in best)
         loss_fn = targeted_loss(loss, target)
         step = gradient_step(model_fn, loss_fn)
-        x_last, best_sub = _apgd_run(step, x, y, start, best_sub, settings=settings)
+        x_last, best_sub = _apgd_run(
+            step, x, y, start, best_sub, settings=settings, stop_when_all_fooled=stop
+        )
         best_sub = score_and_keep(best_sub, model_fn, x_last, y, loss_fn)
         return tuple(tf.tensor_scatter_nd_update(b, index, s) for b, s in zip(best, best_sub))
 
     return tf.cond(tf.shape(index)[0] > 0, attack, lambda: best)
 
 
-def _apgd_run(step, x, y, start, best, *, settings):
+def _apgd_run(step, x, y, start, best, *, settings, stop_when_all_fooled):
     """One APGD run of Algorithm 1 from `start`: its last iterate and `best`.
 
     Args:
@@ -249,6 +265,7 @@ def _apgd_run(step, x, y, start, best, *, settings):
         best: `(x, fooled, loss)` bookkeeping, see `keep_more_damaging`; it
             sees every iterate before its step.
         settings: `(eps, num_steps, momentum, rho, clip_min, clip_max)`.
+        stop_when_all_fooled: End the steps once `best` fools every example.
 
     Returns:
         `(x_last, best)`: the iterate after the last step (not yet scored)
@@ -270,7 +287,8 @@ def _apgd_run(step, x, y, start, best, *, settings):
     loss_prev = tf.fill([batch], float("inf"))  # No "increase" at the first step.
     increases = tf.zeros([batch], tf.float32)
 
-    for k in tf.range(num_steps):
+    k = tf.constant(0)
+    while running(k, num_steps, best[1], stop_when_all_fooled):
         losses, fooled, gradient = step(x_cur, y)
         best = keep_more_damaging(best, (x_cur, fooled, losses))
         increases += tf.cast(losses > loss_prev, tf.float32)
@@ -290,6 +308,7 @@ def _apgd_run(step, x, y, start, best, *, settings):
         )
         x_prev = x_cur
         x_cur = x_next
+        k += 1
     return x_cur, best
 
 

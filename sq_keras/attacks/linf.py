@@ -140,6 +140,15 @@ def loss_and_fooled(model_fn, x_adv, y, loss_fn):
     return loss_fn(logits, y), fooled
 
 
+def running(step, num_steps, fooled, stop_when_all_fooled):
+    """Loop condition of an iterative attack: steps left, and with
+    `stop_when_all_fooled` an example of the batch not yet fooled."""
+    more = step < num_steps
+    if stop_when_all_fooled:
+        return tf.logical_and(more, tf.logical_not(tf.reduce_all(fooled)))
+    return more
+
+
 def initial_best(x):
     """The `(x, fooled, loss)` bookkeeping before any point was visited."""
     batch = tf.shape(x)[0]

@@ -390,6 +390,12 @@ class Registry:
         """A registry with `entries` appended to the suite."""
         return Registry([*self, *entries], presets=self._presets.values(), aliases=self._aliases)
 
+    def mapped(self, change):
+        """A registry with `change(spec)` in place of every entry, same presets."""
+        return Registry(
+            [change(spec) for spec in self], presets=self._presets.values(), aliases=self._aliases
+        )
+
     @property
     def names(self):
         return tuple(self._entries)

@@ -8,6 +8,7 @@ from absl.testing import parameterized
 from sq_keras import attacks
 from sq_keras.attacks.apgd import ranked_targets
 from tests.attacks.fixtures import TOLERANCE
+from tests.attacks.fixtures import counting
 from tests.attacks.fixtures import eval_data
 from tests.attacks.fixtures import fooled_mask
 from tests.attacks.fixtures import model_fn_of
@@ -109,6 +110,48 @@ class ApgdTargetedTest(parameterized.TestCase):
             self.assertLessEqual(accuracies[-1], attacks.accuracy(model_fn, dlr, y) + 0.005)
         self.assertLess(accuracies[1], accuracies[0] - 0.1)
         self.assertLess(accuracies[0], attacks.accuracy(model_fn, x, y) - 0.1)
+
+
+class StopWhenAllFooledTest(parameterized.TestCase):
+    """APGD and APGD-T end a run once every example is fooled, and only then."""
+
+    def _calls_and_images(self, attack, x, y, **kwargs):
+        model_fn = model_fn_of(trained_model("natural"))
+        counted_fn, calls = counting(model_fn)
+        images = run(attack, counted_fn, **kwargs)(x, y).numpy()
+        return int(calls.numpy()), images, fooled_mask(model_fn, images, y)
+
+    @parameterized.parameters(
+        (attacks.apgd, {}),
+        (attacks.apgd, {"loss": "dlr"}),
+        (attacks.apgd_targeted, {"num_targets": 3}),
+    )
+    def test_stops_once_every_example_is_fooled(self, attack, options):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.3, "num_steps": 50, **options}
+        stopped_calls, _, stopped_fooled = self._calls_and_images(attack, x, y, **kwargs)
+        full_calls, _, full_fooled = self._calls_and_images(
+            attack, x, y, stop_when_all_fooled=False, **kwargs
+        )
+        self.assertTrue(np.all(full_fooled))
+        self.assertTrue(np.all(stopped_fooled))
+        self.assertGreaterEqual(full_calls, 50)
+        self.assertLess(stopped_calls, 20)
+
+    @parameterized.parameters(
+        (attacks.apgd, {}),
+        (attacks.apgd_targeted, {"num_targets": 2}),
+    )
+    def test_runs_every_step_while_an_example_survives(self, attack, options):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.03, "num_steps": 10, **options}
+        stopped_calls, stopped, fooled = self._calls_and_images(attack, x, y, **kwargs)
+        full_calls, full, _ = self._calls_and_images(
+            attack, x, y, stop_when_all_fooled=False, **kwargs
+        )
+        self.assertFalse(np.all(fooled))
+        self.assertEqual(stopped_calls, full_calls)
+        np.testing.assert_array_equal(stopped, full)
 
 
 class ApgdTargetedCrossCheckTest(parameterized.TestCase):

@@ -14,6 +14,7 @@ from scipy import optimize
 from sq_keras import attacks
 from sq_keras.attacks.fab import project_onto_hyperplane
 from tests.attacks.fixtures import TOLERANCE
+from tests.attacks.fixtures import counting
 from tests.attacks.fixtures import eval_data
 from tests.attacks.fixtures import fooled_mask
 from tests.attacks.fixtures import model_fn_of
@@ -115,13 +116,62 @@ class ProjectionTest(parameterized.TestCase):
         self.assertTrue(0 < cases["unreachable"] < 25 and cases["box_binds"] > 3, cases)
 
 
+class StopWhenAllFooledTest(parameterized.TestCase):
+    """FAB-T ends a run once every example is fooled within eps, and only then."""
+
+    def _calls_and_norms(self, x, y, **kwargs):
+        model_fn = model_fn_of(trained_model("natural"))
+        counted_fn, calls = counting(model_fn)
+        images, norms = run(attacks.fab_targeted, counted_fn, return_norms=True, **kwargs)(x, y)
+        return int(calls.numpy()), images.numpy(), norms.numpy()
+
+    def test_stops_once_every_example_is_fooled_within_eps(self):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.3, "num_steps": 50, "num_targets": 3}
+        stopped_calls, _, stopped_norms = self._calls_and_norms(x, y, **kwargs)
+        full_calls, _, full_norms = self._calls_and_norms(
+            x, y, stop_when_all_fooled=False, **kwargs
+        )
+        self.assertTrue(np.all(full_norms <= 0.3))
+        self.assertTrue(np.all(stopped_norms <= 0.3))
+        # Without the stop the run keeps shrinking the perturbations.
+        self.assertLess(np.mean(full_norms), np.mean(stopped_norms))
+        self.assertGreaterEqual(full_calls, 50)
+        self.assertLess(stopped_calls, 20)
+
+    def test_runs_every_step_while_an_example_survives(self):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.03, "num_steps": 10, "num_targets": 2}
+        stopped_calls, stopped, norms = self._calls_and_norms(x, y, **kwargs)
+        full_calls, full, _ = self._calls_and_norms(x, y, stop_when_all_fooled=False, **kwargs)
+        self.assertFalse(np.all(norms <= 0.03))
+        self.assertEqual(stopped_calls, full_calls)
+        np.testing.assert_array_equal(stopped, full)
+
+    def test_fab_keeps_minimal_norms_by_default(self):
+        x, y = eval_data(50)
+        model_fn = model_fn_of(trained_model("natural"))
+        kwargs = {"eps": 0.3, "num_steps": 20, "num_targets": 1, "return_norms": True}
+        _, default = attacks.fab(model_fn, x, y, **kwargs)
+        _, full = attacks.fab(model_fn, x, y, stop_when_all_fooled=False, **kwargs)
+        np.testing.assert_array_equal(default, full)
+
+
 class LinearModelTest(parameterized.TestCase):
     def test_finds_the_minimal_norm_away_from_the_box(self):
         model_fn, x, y, w, c = _linear_case(seed=1)
         exact = np.abs(x.reshape(8, -1) @ w + c) / np.abs(w).sum()
         for eta, slack in ((1.001, 1e-3), (1.05, 0.05)):
             x_adv, norms = attacks.fab_targeted(
-                model_fn, x, y, eps=1.0, num_steps=20, num_targets=1, eta=eta, return_norms=True
+                model_fn,
+                x,
+                y,
+                eps=1.0,
+                num_steps=20,
+                num_targets=1,
+                eta=eta,
+                return_norms=True,
+                stop_when_all_fooled=False,
             )
             # Never below the true minimum, at most `eta - 1` above it.
             self.assertTrue(np.all(norms >= exact * (1 - 1e-5)), (norms, exact))
@@ -146,6 +196,7 @@ class LinearModelTest(parameterized.TestCase):
             clip_min=low,
             clip_max=high,
             return_norms=True,
+            stop_when_all_fooled=False,
         )
         self.assertTrue(np.all((x_adv >= low) & (x_adv <= high)))
         np.testing.assert_array_equal(fooled_mask(model_fn, x_adv, y), reachable)

@@ -86,6 +86,17 @@ def model_fn_of(model):
     return lambda images: model(images, training=False)
 
 
+def counting(model_fn):
+    """`(counted_fn, calls)`: `model_fn` that adds each call to the variable `calls`."""
+    calls = tf.Variable(0, trainable=False)
+
+    def counted_fn(images):
+        calls.assign_add(1)
+        return model_fn(images)
+
+    return counted_fn, calls
+
+
 def eval_data(num=NUM_TEST):
     images, labels = mnist("test[:1000]")
     return images[:num], labels[:num]

@@ -6,6 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from sq_keras import attacks
+from tests.attacks.fixtures import counting
 from tests.attacks.fixtures import eval_data
 from tests.attacks.fixtures import fooled_mask
 from tests.attacks.fixtures import madry_cnn
@@ -95,6 +96,44 @@ class PropertyTest(parameterized.TestCase):
         first = attacks.pgd(model_fn, x, y, eps=0.1, step_size=0.02, num_steps=3, seed=7)
         second = attacks.pgd(model_fn, x, y, eps=0.1, step_size=0.02, num_steps=3, seed=7)
         np.testing.assert_array_equal(first, second)
+
+
+class StopWhenAllFooledTest(parameterized.TestCase):
+    """PGD ends a restart once every example is fooled, and only then."""
+
+    def _calls_and_images(self, x, y, **kwargs):
+        model_fn = model_fn_of(trained_model("natural"))
+        counted_fn, calls = counting(model_fn)
+        images = run(attacks.pgd, counted_fn, **kwargs)(x, y).numpy()
+        return int(calls.numpy()), images, fooled_mask(model_fn, images, y)
+
+    def test_stops_once_every_example_is_fooled(self):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.3, "step_size": 0.05, "num_steps": 60, "seed": 0}
+        stopped_calls, _, stopped_fooled = self._calls_and_images(x, y, **kwargs)
+        full_calls, _, full_fooled = self._calls_and_images(
+            x, y, stop_when_all_fooled=False, **kwargs
+        )
+        self.assertTrue(np.all(full_fooled))
+        self.assertTrue(np.all(stopped_fooled))
+        self.assertGreaterEqual(full_calls, 60)
+        self.assertLess(stopped_calls, 20)
+
+    def test_runs_every_step_while_an_example_survives(self):
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.03, "step_size": 0.01, "num_steps": 8, "restarts": 2, "seed": 0}
+        stopped_calls, stopped, fooled = self._calls_and_images(x, y, **kwargs)
+        full_calls, full, _ = self._calls_and_images(x, y, stop_when_all_fooled=False, **kwargs)
+        self.assertFalse(np.all(fooled))
+        self.assertEqual(stopped_calls, full_calls)
+        np.testing.assert_array_equal(stopped, full)
+
+    def test_training_mode_runs_every_step(self):
+        # Without the most damaging point there is nothing to stop on.
+        x, y = eval_data(100)
+        kwargs = {"eps": 0.3, "step_size": 0.05, "num_steps": 30, "keep_most_damaging": False}
+        calls, _, _ = self._calls_and_images(x, y, **kwargs)
+        self.assertEqual(calls, 30)
 
 
 class StrengthTest(parameterized.TestCase):

@@ -1,6 +1,8 @@
 """Tests of sq_keras.evaluation.registry: names, presets and settings derive
 from one entry per attack."""
 
+import dataclasses
+
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -182,6 +184,20 @@ class RegistryTest(parameterized.TestCase):
         )
         with self.assertRaisesRegex(ValueError, "Unknown attack 'toy_grey'"):
             evaluation.resolve_attacks(["toy_grey"])
+
+    def test_mapped_registry_changes_entries_and_keeps_presets(self):
+        def rename_apgd(spec):
+            if spec.attack is not attacks.apgd:
+                return spec
+            return dataclasses.replace(spec, kwargs=lambda eps, settings: {"changed": True})
+
+        mapped = evaluation.REGISTRY.mapped(rename_apgd)
+        self.assertEqual(mapped.names, evaluation.REGISTRY.names)
+        self.assertEqual(mapped.presets, evaluation.REGISTRY.presets)
+        self.assertEqual(mapped["apgd_ce"].kwargs(0.3, None), {"changed": True})
+        self.assertEqual(mapped["bpda_identity:apgd_ce"].kwargs(0.3, None), {"changed": True})
+        self.assertIs(mapped["pgd"], evaluation.REGISTRY["pgd"])
+        self.assertNotIn("changed", evaluation.REGISTRY["apgd_ce"].kwargs(0.3, SETTINGS))
 
     def test_bpda_version_of_any_gradient_attack_is_one_derived_entry(self):
         apgd_bpda = registry.through_stand_in(
