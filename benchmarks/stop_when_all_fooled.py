@@ -5,8 +5,14 @@ misclassified at a visited point (`stop_when_all_fooled`, on by default).
 This runs the same evaluation twice in one process, on the same examples with
 the same settings and seeds, per attack (every attack on every example, as
 the `strong` suite's masking checks need), with the stop and without it.
-Prints both wall times and their ratio per eps, and checks that every
-attack's robust accuracy and the worst case are the same in both.
+Prints both wall times, their ratio and every accuracy that differs, and
+fails if an attack, or the worst case, leaves a higher accuracy with the stop.
+
+Which examples a run fools cannot change after its stop, but the images it
+returns can: FAB-T without the stop keeps walking a found point back towards
+the decision boundary, where the evaluator's re-prediction (on the target
+model, in another batch) can flip it back, so its accuracy with the stop may
+be lower.
 
 Usage:
   python benchmarks/stop_when_all_fooled.py --model=runs/mnist_natural \
@@ -135,10 +141,7 @@ def measure(*, model, attacks, num_examples, eps, batch_size, data_dir):
             "worst_case_accuracy_by_eps": worst_case,
             "robust_accuracy": per_attack,
         }
-    same = all(
-        runs["with_stop"][key] == runs["without_stop"][key]
-        for key in ("worst_case_accuracy_by_eps", "robust_accuracy")
-    )
+    differences = accuracy_differences(runs["with_stop"], runs["without_stop"])
     return {
         "model": model,
         "attacks": list(plan.attacks),
@@ -146,8 +149,22 @@ def measure(*, model, attacks, num_examples, eps, batch_size, data_dir):
         "eps": eps,
         "runs": runs,
         "speed_up": round(runs["without_stop"]["seconds"] / runs["with_stop"]["seconds"], 2),
-        "same_accuracies": same,
+        "differences": differences,
+        "never_weaker": all(ours <= theirs for ours, theirs in differences.values()),
     }
+
+
+def accuracy_differences(with_stop, without_stop):
+    """`{"attack@eps": (with, without)}` of every accuracy that differs
+    (the worst case as "worst_case@eps")."""
+    pairs = {
+        f"worst_case@{eps}": (value, without_stop["worst_case_accuracy_by_eps"][eps])
+        for eps, value in with_stop["worst_case_accuracy_by_eps"].items()
+    }
+    for name, by_eps in with_stop["robust_accuracy"].items():
+        for eps, value in by_eps.items():
+            pairs[f"{name}@{eps}"] = (value, without_stop["robust_accuracy"][name][eps])
+    return {key: pair for key, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def main(argv):
@@ -172,7 +189,10 @@ def main(argv):
             f"{name}: {run['seconds']} s (attack seconds by eps {run['attack_seconds_by_eps']}), "
             f"worst case {run['worst_case_accuracy_by_eps']}"
         )
-    print(f"speed-up {figures['speed_up']}x; same accuracies: {figures['same_accuracies']}")
+    print(
+        f"speed-up {figures['speed_up']}x; accuracies that differ (with, without): "
+        f"{figures['differences'] or 'none'}"
+    )
     if _OUTPUT.value:
         payload = {
             "command": " ".join(["python", "benchmarks/stop_when_all_fooled.py", *sys.argv[1:]]),
@@ -184,8 +204,8 @@ def main(argv):
             **figures,
         }
         jsonio.write_json(_OUTPUT.value, payload)
-    if not figures["same_accuracies"]:
-        raise SystemExit("The accuracies differ with and without the stop.")
+    if not figures["never_weaker"]:
+        raise SystemExit("An attack left a higher accuracy with the stop than without it.")
 
 
 if __name__ == "__main__":
