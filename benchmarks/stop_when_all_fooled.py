@@ -16,9 +16,10 @@ be lower.
 
 Usage:
   python benchmarks/stop_when_all_fooled.py --model=runs/mnist_natural \
-      --num_examples=250 --output=results/stop_when_all_fooled_natural.json
+      --num_examples=250 --output=results/mnist_stop_when_all_fooled_natural.json
 """
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -27,8 +28,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import dataclasses  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
