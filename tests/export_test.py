@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -36,14 +37,20 @@ class ExportTest(parameterized.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.model = _trained_model()
-        cls.root = os.path.join(absltest.get_default_test_tmpdir(), "export_test")
-        shutil.rmtree(cls.root, ignore_errors=True)
+        # A directory of this class's own: two test runs on one machine share
+        # absl's default temporary directory.
+        cls.root = tempfile.mkdtemp(prefix="export_test_")
         cls.path = export.export_saved_model(
             cls.model, os.path.join(cls.root, "mnist"), metadata={"dataset": "mnist"}
         )
         raw, cls.labels = data.load_arrays("mnist", "test[:300]")
         cls.raw = raw
         cls.x = raw.astype(np.float32) / 255.0
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.root, ignore_errors=True)
+        super().tearDownClass()
 
     def test_layout_is_tensorflow_serving_versions(self):
         self.assertEqual(self.path, os.path.join(self.root, "mnist", "1"))
