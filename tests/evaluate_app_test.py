@@ -1,8 +1,10 @@
 """End-to-end tests of `python -m apps.evaluate`, run as a user would."""
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def saved_models():
     """Saves a tiny quantized model and a tiny natural surrogate as .keras."""
     directory = tempfile.mkdtemp(prefix="evaluate_app_test-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     images, labels = evaluation.load_examples(
         "mnist", "train", num_examples=3000, data_dir=os.environ.get("SQ_KERAS_DATA_DIR")
     )
