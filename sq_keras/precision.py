@@ -21,6 +21,12 @@ def _cpu_flags():
     return set()
 
 
+def native_bfloat16_flags():
+    """The CPU flags of native bfloat16 this machine has (empty: emulated)."""
+    flags = _cpu_flags()
+    return tuple(flag for flag in _FAST_BF16_CPU_FLAGS if flag in flags)
+
+
 def resolve_policy(name):
     """Maps a policy name, possibly "auto", to a concrete Keras policy name.
 
@@ -38,7 +44,7 @@ def resolve_policy(name):
         return name
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if _cpu_flags() & set(_FAST_BF16_CPU_FLAGS):
+    if native_bfloat16_flags():
         return "mixed_bfloat16"
     return "float32"
 

@@ -2,13 +2,16 @@
 
 import os
 import subprocess
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import parameterized
 
+from sq_keras import precision
 from sq_keras import provenance
 
 
-class ProvenanceTest(absltest.TestCase):
+class ProvenanceTest(parameterized.TestCase):
     def test_environment_names_versions_commit_and_machine(self):
         env = provenance.environment()
         self.assertEqual(
@@ -26,7 +29,17 @@ class ProvenanceTest(absltest.TestCase):
         with open("/proc/cpuinfo") as f:
             models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
         if models:
-            self.assertTrue(description.endswith(models[0]))
+            self.assertIn(f"cpus, {models[0]}, ", description)
+
+    @parameterized.named_parameters(
+        ("avx512", {"avx2", "avx512_bf16"}, "native bfloat16 (avx512_bf16)"),
+        ("amx", {"avx512_bf16", "amx_bf16"}, "native bfloat16 (avx512_bf16, amx_bf16)"),
+        ("avx2_only", {"avx2", "fma"}, "no native bfloat16"),
+    )
+    def test_machine_says_whether_bfloat16_is_native(self, cpu_flags, expected):
+        with mock.patch.object(precision, "_cpu_flags", return_value=cpu_flags):
+            description = provenance.machine_description()
+        self.assertTrue(description.endswith(", " + expected), description)
 
 
 if __name__ == "__main__":
