@@ -149,6 +149,14 @@ class BatchStore:
         os.replace(tmp, path)
 
 
+def _model_file(path):
+    """The file that holds a model's weights: a run directory's `model.keras`
+    (not its reports, logs and checkpoints, which change), else `path`."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.keras")):
+        return os.path.join(path, "model.keras")
+    return path
+
+
 def model_run(target, *, dataset, split, policy, strategy="default", source_path=None):
     """What a store records of the evaluated model, beside the suite's own identity.
 
@@ -165,14 +173,11 @@ def model_run(target, *, dataset, split, policy, strategy="default", source_path
         strategy: Name of the `tf.distribute` strategy.
         source_path: Path of the transfer source model, or None.
     """
-    model_file = target.path
-    if os.path.isdir(model_file) and os.path.isfile(os.path.join(model_file, "model.keras")):
-        model_file = os.path.join(model_file, "model.keras")
     return {
-        "model_sha256": file_digest(model_file),
+        "model_sha256": file_digest(_model_file(target.path)),
         "model_commit": (target.config or {}).get("environment", {}).get("git_commit"),
         "source_model": source_path,
-        "source_model_sha256": file_digest(source_path) if source_path else None,
+        "source_model_sha256": file_digest(_model_file(source_path)) if source_path else None,
         "dataset": dataset,
         "split": split,
         "mixed_precision": policy,

@@ -119,6 +119,8 @@ def attack_variant(
     """The suite's report on one variant, read back when its file exists.
 
     The reference is attacked without the transfer attack (it is the source).
+    Every finished batch is kept in `<stem>_batches/` beside the report, so
+    a killed comparison resumes the variant where it stopped.
 
     Args:
         suite: The `Suite`.
@@ -136,6 +138,18 @@ def attack_variant(
         return _cached_report(path, suite.attacks)
     suite.log(f"== {variant.name}: attacking {len(examples.labels)} {examples.split} images")
     target = load_run(os.path.join(suite.runs_dir, variant.name), policy=suite.eval_policy)
+    source = suite.source if variant.name != REFERENCE else None
+    store = evaluation.BatchStore(
+        evaluation.batches_dir(path),
+        run=evaluation.model_run(
+            target,
+            dataset=suite.dataset,
+            split=examples.split,
+            policy=suite.eval_policy,
+            source_path=source.path if source is not None else None,
+        ),
+        hint=f"delete it (and {os.path.basename(path)}) to attack again",
+    )
     report = evaluation.evaluate(
         target,
         examples.images,
@@ -143,9 +157,10 @@ def attack_variant(
         attacks=evaluation.resolve_attacks(suite.attacks, target=target),
         eps_values=eps_values,
         settings=suite.settings,
-        source=suite.source if variant.name != REFERENCE else None,
+        source=source,
         num_classes=data.get_info(suite.dataset).num_classes,
         add_large_eps=add_large_eps,
+        store=store,
     )
     report.metadata["split"] = examples.split
     report.metadata["requested_attacks"] = list(suite.attacks)

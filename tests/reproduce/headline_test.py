@@ -1,4 +1,5 @@
-"""Tests for the comparison's headline: the `autoattack` cascade on a saved run."""
+"""Tests for attacking a comparison's saved runs: the headline `autoattack`
+cascade and the suite's report of each variant, both resumable."""
 
 import glob
 import os
@@ -8,6 +9,7 @@ from absl.testing import absltest
 
 from sq_keras import evaluation
 from sq_keras import jsonio
+from sq_keras import reproduce
 from sq_keras.layers import SoftQuantization
 from sq_keras.reproduce import attacking
 
@@ -79,6 +81,51 @@ class HeadlineTest(absltest.TestCase):
         # A cached report on other images is refused.
         with self.assertRaisesRegex(ValueError, "holds a report on 20 test images.*Delete it"):
             attacking.attack_headline(suite, "q", examples.first(10), eps=0.3)
+
+
+class VariantReportTest(absltest.TestCase):
+    def test_suite_report_resumes_from_its_batches(self):
+        runs = self.create_tempdir().full_path
+        _quantized_run(runs, "q")
+        source_dir = _quantized_run(runs, "src")
+        settings = evaluation.AttackSettings(pgd_steps=10, restarts=1, seed=0)
+        suite = attacking.Suite(
+            "mnist",
+            runs,
+            ["pgd", "transfer"],
+            settings,
+            evaluation.load_target(source_dir),
+            "float32",
+            print,
+        )
+        examples = attacking.load_split("mnist", "test", num_examples=20)
+        variant = reproduce.Variant("q", "sq_noisy")
+        report = attacking.attack_variant(suite, variant, examples, eps_values=[0.3])
+        self.assertEqual(list(report["eps_values"]), [0.3, 0.5])
+        self.assertIn("transfer", report["attacks"])
+
+        batches = os.path.join(runs, "q", "evaluation", "report_batches")
+        files = sorted(glob.glob(os.path.join(batches, "*.npz")))
+        self.assertNotEmpty(files)
+        manifest = jsonio.read_json(os.path.join(batches, "manifest.json"))
+        self.assertEqual(manifest["source_model"], source_dir)
+
+        # The source's own reports appear beside its model while the
+        # comparison runs; they do not make its batches another run's.
+        jsonio.write_json(os.path.join(source_dir, "evaluation", "report.json"), {})
+        os.remove(os.path.join(runs, "q", "evaluation", "report.json"))
+        stamps = [os.path.getmtime(f) for f in files]
+        again = attacking.attack_variant(suite, variant, examples, eps_values=[0.3])
+        self.assertEqual([os.path.getmtime(f) for f in files], stamps)
+        self.assertEqual(again["worst_case_accuracy_by_eps"], report["worst_case_accuracy_by_eps"])
+        self.assertEqual(again["robust_examples"], report["robust_examples"])
+
+        # A retrained source is another run: its batches are refused.
+        os.remove(os.path.join(runs, "q", "evaluation", "report.json"))
+        with open(os.path.join(source_dir, "model.keras"), "ab") as f:
+            f.write(b"retrained")
+        with self.assertRaisesRegex(evaluation.StoreMismatch, "source_model_sha256.*delete it"):
+            attacking.attack_variant(suite, variant, examples, eps_values=[0.3])
 
 
 if __name__ == "__main__":
