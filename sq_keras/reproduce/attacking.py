@@ -139,17 +139,7 @@ def attack_variant(
     suite.log(f"== {variant.name}: attacking {len(examples.labels)} {examples.split} images")
     target = load_run(os.path.join(suite.runs_dir, variant.name), policy=suite.eval_policy)
     source = suite.source if variant.name != REFERENCE else None
-    store = evaluation.BatchStore(
-        evaluation.batches_dir(path),
-        run=evaluation.model_run(
-            target,
-            dataset=suite.dataset,
-            split=examples.split,
-            policy=suite.eval_policy,
-            source_path=source.path if source is not None else None,
-        ),
-        hint=f"delete it (and {os.path.basename(path)}) to attack again",
-    )
+    store = _batch_store(path, suite, target, examples.split, source=source)
     report = evaluation.evaluate(
         target,
         examples.images,
@@ -208,13 +198,7 @@ def attack_headline(suite, name, examples, *, eps):
     plan = evaluation.REGISTRY.plan(
         list(HEADLINE_ATTACKS), settings, target=target, explicit=("seed",)
     )
-    store = evaluation.BatchStore(
-        evaluation.batches_dir(path),
-        run=evaluation.model_run(
-            target, dataset=suite.dataset, split=examples.split, policy=suite.eval_policy
-        ),
-        hint=f"delete it (and {os.path.basename(path)}) to attack again",
-    )
+    store = _batch_store(path, suite, target, examples.split)
     report = evaluation.evaluate(
         target,
         examples.images,
@@ -229,6 +213,22 @@ def attack_headline(suite, name, examples, *, eps):
     report.metadata["split"] = examples.split
     report.metadata["requested_attacks"] = list(HEADLINE_ATTACKS)
     return evaluation.write_report(report, path)
+
+
+def _batch_store(path, suite, target, split, *, source=None):
+    """The `BatchStore` beside the report `path`, describing the run as
+    `apps.evaluate` describes its own."""
+    return evaluation.BatchStore(
+        evaluation.batches_dir(path),
+        run=evaluation.model_run(
+            target,
+            dataset=suite.dataset,
+            split=split,
+            policy=suite.eval_policy,
+            source_path=source.path if source is not None else None,
+        ),
+        hint=f"delete it (and {os.path.basename(path)}) to attack again",
+    )
 
 
 def _cached_report(path, attacks):
