@@ -12,6 +12,9 @@ import tomllib
 
 from absl.testing import absltest
 
+from sq_keras import jsonio
+from sq_keras.reproduce import summary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = "README.md"
 DOCS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md"))
@@ -165,6 +168,20 @@ class LinksTest(absltest.TestCase):
         self.assertNotEqual(DOCS, [])
         for page in DOCS:
             self.assertIn(page, linked)
+
+    def test_generated_tables_show_their_comparison(self):
+        found = 0
+        for page in PAGES:
+            for path, lines in summary.blocks(_read(page)):
+                payload = jsonio.read_json(os.path.join(ROOT, os.path.dirname(page), path))
+                self.assertEqual(
+                    lines,
+                    summary.summary(payload),
+                    f"{page}: the table from {path} is stale; run python -m apps.summarize "
+                    f"--page={page}",
+                )
+                found += 1
+        self.assertGreaterEqual(found, 1)
 
     def test_readme_stays_short(self):
         self.assertLessEqual(len(_read(README).splitlines()), MAX_README_LINES)

@@ -19,8 +19,9 @@ A stopped run continues where it stopped: rerun the same call.
 Modules: `variants` (what is compared), `config` (the comparison's
 settings), `stages` (training, step timing, held-out selection, test attacks,
 the reference's curve), `attacking` (every call into `sq_keras.evaluation`),
-`table` (the rows), `markdown` and `figures` (the outputs) and `pipeline`
-(`run`, composing them).
+`table` (the rows), `markdown` and `figures` (the outputs), `pipeline`
+(`run`, composing them) and `summary` (the README's short table, made from
+the JSON by `apps.summarize`).
 """
 
 from sq_keras.reproduce.attacking import DEFAULT_SETTINGS

@@ -1,0 +1,205 @@
+"""The comparison's short table, as the README shows it, and its place there.
+
+`apps.reproduce` writes the whole comparison to `<dataset>.json` and
+`<dataset>.md`. A page such as the README shows a shorter table made from
+the JSON by `summary`, between two marker lines that name the JSON:
+
+```markdown
+<!-- generated from results/mnist.json by python -m apps.summarize -->
+...
+<!-- end of generated table -->
+```
+
+`replace_blocks` rewrites every such block of a page from its JSON, and
+`blocks` finds them, so a test can check that a page shows what its JSON
+holds.
+
+One row per variant attacked on the test set: clean accuracy, plain PGD,
+the strongest BPDA attack, Square, transfer, the worst case over the whole
+suite, the `autoattack` cascade on more test images (the headline, where a
+row has one), the held-out worst case, how many masking checks failed and
+the training cost against the reference. The candidates screened on
+held-out images only follow in one sentence.
+"""
+
+import os
+import re
+
+from sq_keras import jsonio
+from sq_keras.reproduce.variants import REFERENCE
+
+BEGIN = "<!-- generated from {path} by python -m apps.summarize -->"
+END = "<!-- end of generated table -->"
+_BEGIN_PATTERN = re.compile(r"^<!-- generated from (\S+) by python -m apps\.summarize -->$", re.M)
+
+
+def _fmt(value, pattern="{:.1f}"):
+    return "-" if value is None else pattern.format(value)
+
+
+def _line(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def _bpda(robust):
+    """The strongest BPDA attack's accuracy (None: no BPDA attack ran)."""
+    values = [v for name, v in robust.items() if name.startswith("bpda")]
+    return min(values) if values else None
+
+
+def _label(row, selected):
+    label = f"`{row['name']}`"
+    if row["name"] == selected:
+        label += " (selected)"
+    elif row["name"] == REFERENCE:
+        label += " (reference)"
+    return label
+
+
+def _checks(row):
+    return str(len(row["failed_checks"])) if row["failed_checks"] else "-"
+
+
+def _cost(row):
+    if row["name"] == REFERENCE:
+        return "1"
+    return _fmt(row.get("speedup_per_epoch_vs_pgd_at"), "1/{:.1f}")
+
+
+def _reach(row):
+    if "speedup_to_reach_vs_pgd_at" not in row:
+        return "-"
+    reach = row["speedup_to_reach_vs_pgd_at"]
+    return "never reached" if reach is None else f"{reach:.1f}x"
+
+
+def _headline_examples(rows):
+    counts = {r["headline"]["num_examples"] for r in rows if r.get("headline")}
+    return max(counts) if counts else None
+
+
+def _header(payload, rows, *, headline, holdout):
+    settings = payload["attack_settings"]
+    tested = rows[0]["num_examples"]
+    head = [
+        "variant",
+        "clean",
+        f"PGD-{settings['pgd_steps']} x {settings['restarts']}",
+        "BPDA",
+        "Square",
+        "transfer",
+        f"**worst case** ({tested} images)",
+    ]
+    if headline:
+        head.append(f"`autoattack`, first {headline} images")
+    if holdout:
+        head.append("held-out worst case")
+    head += ["masking checks failed", "cost per epoch vs `pgd_at`", "speed-up to its robustness"]
+    return [_line(head), "|" + "---|" * len(head)]
+
+
+def _row(row, selected, *, headline, holdout):
+    robust = row["robust_accuracy"]
+    cells = [
+        _label(row, selected),
+        _fmt(row["clean_accuracy"]),
+        _fmt(robust.get("pgd")),
+        _fmt(_bpda(robust)),
+        _fmt(robust.get("square")),
+        _fmt(robust.get("transfer")),
+        f"**{_fmt(row['worst_case_accuracy'])}**",
+    ]
+    if headline:
+        head = row.get("headline")
+        cells.append(_fmt(head["worst_case_accuracy"], "{:.2f}") if head else "-")
+    if holdout:
+        cells.append(_fmt(row.get("holdout_worst_case_accuracy")))
+    cells += [_checks(row), _cost(row), _reach(row)]
+    return _line(cells)
+
+
+def _screened(row):
+    """`name worst-case (cost)` of a candidate screened on held-out images only."""
+    cost = row.get("speedup_per_epoch_vs_pgd_at")
+    text = f"`{row['name']}` {row['holdout_worst_case_accuracy']:.1f}"
+    return text if cost is None else f"{text} (1/{cost:.1f})"
+
+
+def _untested_sentence(rows, selection):
+    untested = [r for r in rows if not r["tested"] and "holdout_worst_case_accuracy" in r]
+    if not untested:
+        return []
+    return [
+        "",
+        f"Screened on the {selection['num_examples']} held-out images only (worst case %, "
+        f"cost per epoch vs `pgd_at`): {', '.join(_screened(r) for r in untested)}.",
+    ]
+
+
+def summary(payload):
+    """The short table of a comparison, as Markdown lines.
+
+    Args:
+        payload: The comparison, as `apps.reproduce` writes it to
+            `<dataset>.json`.
+
+    Returns:
+        The lines, without the markers.
+
+    Raises:
+        ValueError: Not a comparison, or no variant was attacked on the test set.
+    """
+    if not isinstance(payload, dict) or "rows" not in payload:
+        raise ValueError("Not a comparison written by apps.reproduce: it has no rows.")
+    rows = payload["rows"]
+    tested = [r for r in rows if r["tested"]]
+    if not tested:
+        raise ValueError("No variant was attacked on the test set: there is no table to show.")
+    selection = payload.get("selection") or {}
+    selected = selection.get("selected")
+    headline = _headline_examples(tested)
+    holdout = any("holdout_worst_case_accuracy" in r for r in tested)
+    lines = _header(payload, tested, headline=headline, holdout=holdout)
+    lines += [_row(r, selected, headline=headline, holdout=holdout) for r in tested]
+    return lines + _untested_sentence(rows, selection)
+
+
+def blocks(page):
+    """`[(json path, lines)]` of every generated block in `page`, in order.
+
+    Raises:
+        ValueError: A block without its end marker.
+    """
+    found = []
+    for match in _BEGIN_PATTERN.finditer(page):
+        rest = page[match.end() :].lstrip("\n")
+        end = rest.find(END)
+        if end < 0:
+            raise ValueError(f"The block generated from {match.group(1)} has no {END!r} line.")
+        found.append((match.group(1), rest[:end].rstrip("\n").split("\n")))
+    return found
+
+
+def replace_blocks(page, root):
+    """`page` with every generated block made again from its JSON.
+
+    Args:
+        page: Markdown text.
+        root: The directory the blocks' JSON paths are relative to.
+
+    Returns:
+        `(new page, number of blocks)`.
+
+    Raises:
+        ValueError: A block without its end marker.
+        OSError: A JSON file that cannot be read.
+    """
+    blocks(page)  # Every block has its end marker.
+
+    def render(match):
+        begin = match.group(0).split("\n", 1)[0]
+        payload = jsonio.read_json(os.path.join(root, match.group(1)))
+        return "\n".join([begin, "", *summary(payload), "", END])
+
+    pattern = re.compile(_BEGIN_PATTERN.pattern + r".*?^" + re.escape(END) + r"$", re.M | re.S)
+    return pattern.subn(render, page)

@@ -1,0 +1,192 @@
+"""Tests for sq_keras.reproduce.summary and `python -m apps.summarize`."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from sq_keras import jsonio
+from sq_keras.reproduce import summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMPARISON = "results/mnist.json"
+
+
+def make_row(name, *, tested=True, **cells):
+    """A row of `table.build_rows` with the fields the summary reads."""
+    row = {
+        "name": name,
+        "tested": tested,
+        "clean_accuracy": 99.0 if tested else None,
+        "robust_accuracy": {"pgd": 10.0} if tested else {},
+        "worst_case_accuracy": 10.0 if tested else None,
+        "failed_checks": [],
+        "num_examples": 40 if tested else None,
+    }
+    row.update(cells)
+    return row
+
+
+def make_payload(rows, *, selected="b"):
+    return {
+        "attack_settings": {"pgd_steps": 100, "restarts": 5},
+        "selection": {"num_examples": 500, "selected": selected},
+        "rows": rows,
+    }
+
+
+def page_with_block(path, body="stale"):
+    return "\n".join(
+        ["# Title", "", summary.BEGIN.format(path=path), "", body, "", summary.END, "", "After."]
+    )
+
+
+class SummaryTest(absltest.TestCase):
+    def test_row_cells(self):
+        robust = {"pgd": 93.1, "bpda_identity": 90.1, "bpda_smooth": 90.4, "square": 89.7}
+        headline = {"num_examples": 10000, "worst_case_accuracy": 90.123}
+        row = make_row(
+            "b",
+            clean_accuracy=99.5,
+            robust_accuracy={**robust, "transfer": 95.4},
+            worst_case_accuracy=89.4,
+            failed_checks=["gradient_free_not_stronger", "plain_gradients_not_masked"],
+            holdout_worst_case_accuracy=88.0,
+            speedup_per_epoch_vs_pgd_at=14.104,
+            speedup_to_reach_vs_pgd_at=8.46,
+            headline=headline,
+        )
+        header, rule, line = summary.summary(make_payload([row]))
+        self.assertEqual(
+            header,
+            "| variant | clean | PGD-100 x 5 | BPDA | Square | transfer | **worst case** "
+            "(40 images) | `autoattack`, first 10000 images | held-out worst case "
+            "| masking checks failed | cost per epoch vs `pgd_at` | speed-up to its robustness |",
+        )
+        self.assertEqual(rule, "|" + "---|" * 12)
+        # BPDA shows the stronger of the two stand-ins.
+        self.assertEqual(
+            line,
+            "| `b` (selected) | 99.5 | 93.1 | 90.1 | 89.7 | 95.4 | **89.4** | 90.12 | 88.0 "
+            "| 2 | 1/14.1 | 8.5x |",
+        )
+
+    def test_reference_and_rows_without_a_column(self):
+        reference = make_row("pgd_at", speedup_to_reach_vs_pgd_at=0.6)
+        plain = make_row("a", speedup_per_epoch_vs_pgd_at=25.6, speedup_to_reach_vs_pgd_at=None)
+        lines = summary.summary(make_payload([plain, reference]))
+        self.assertEqual(len(lines), 4)
+        # No headline or held-out column when no tested row has one.
+        self.assertNotIn("autoattack", lines[0])
+        self.assertNotIn("held-out", lines[0])
+        self.assertEqual(
+            lines[2], "| `a` | 99.0 | 10.0 | - | - | - | **10.0** | - | 1/25.6 | never reached |"
+        )
+        self.assertEqual(
+            lines[3], "| `pgd_at` (reference) | 99.0 | 10.0 | - | - | - | **10.0** | - | 1 | 0.6x |"
+        )
+
+    def test_candidates_screened_only_follow_in_one_sentence(self):
+        screened = make_row(
+            "c",
+            tested=False,
+            holdout_worst_case_accuracy=78.04,
+            speedup_per_epoch_vs_pgd_at=21.7,
+        )
+        lines = summary.summary(make_payload([make_row("b"), screened]))
+        self.assertEqual(lines[-2], "")
+        self.assertEqual(
+            lines[-1],
+            "Screened on the 500 held-out images only (worst case %, cost per epoch vs "
+            "`pgd_at`): `c` 78.0 (1/21.7).",
+        )
+        self.assertFalse(any(line.startswith("| `c`") for line in lines))
+
+    def test_rejects_a_payload_without_tested_rows(self):
+        with self.assertRaisesRegex(ValueError, "No variant was attacked"):
+            summary.summary(make_payload([make_row("a", tested=False)]))
+        with self.assertRaisesRegex(ValueError, "Not a comparison"):
+            summary.summary({"attacks": {}})
+
+    def test_replace_blocks_rewrites_only_the_block(self):
+        directory = self.create_tempdir().full_path
+        jsonio.write_json(os.path.join(directory, "c.json"), make_payload([make_row("b")]))
+        new_page, count = summary.replace_blocks(page_with_block("c.json"), directory)
+        self.assertEqual(count, 1)
+        self.assertTrue(new_page.startswith("# Title\n\n<!-- generated from c.json"))
+        self.assertTrue(new_page.endswith(f"{summary.END}\n\nAfter."))
+        self.assertNotIn("stale", new_page)
+        [(path, lines)] = summary.blocks(new_page)
+        self.assertEqual(path, "c.json")
+        self.assertEqual(lines, summary.summary(make_payload([make_row("b")])))
+        # Made again from the same JSON, the page does not change.
+        self.assertEqual(summary.replace_blocks(new_page, directory), (new_page, 1))
+
+    def test_a_block_without_its_end_is_an_error(self):
+        page = page_with_block("c.json").replace(summary.END, "")
+        with self.assertRaisesRegex(ValueError, "has no '<!-- end of generated table -->' line"):
+            summary.blocks(page)
+        with self.assertRaisesRegex(ValueError, "has no"):
+            summary.replace_blocks(page, ".")
+
+
+def run_app(*flags):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.run(
+        [sys.executable, "-m", "apps.summarize", *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class SummarizeAppTest(absltest.TestCase):
+    def test_rewrites_a_page_from_the_committed_comparison(self):
+        directory = tempfile.mkdtemp(prefix="summarize_app_test-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        os.makedirs(os.path.join(directory, "results"))
+        shutil.copy(os.path.join(ROOT, COMPARISON), os.path.join(directory, COMPARISON))
+        page = os.path.join(directory, "page.md")
+        with open(page, "w") as f:
+            f.write(page_with_block(COMPARISON))
+        done = run_app(f"--page={page}")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("rewrote 1 generated table(s)", done.stdout)
+        with open(page) as f:
+            [(_, lines)] = summary.blocks(f.read())
+        payload = jsonio.read_json(os.path.join(ROOT, COMPARISON))
+        tested = [r for r in payload["rows"] if r["tested"]]
+        # One line per tested variant, each with its worst case in bold.
+        table = [line for line in lines if line.startswith("| `")]
+        self.assertLen(table, len(tested))
+        for row, line in zip(tested, table, strict=True):
+            self.assertTrue(line.startswith(f"| `{row['name']}`"), line)
+            self.assertIn(f" **{row['worst_case_accuracy']:.1f}** ", line)
+        selected = payload["selection"]["selected"]
+        self.assertIn(f"| `{selected}` (selected) |", "\n".join(table))
+
+    def test_errors_are_one_line(self):
+        directory = self.create_tempdir().full_path
+        page = os.path.join(directory, "page.md")
+        with open(page, "w") as f:
+            f.write("# No block here\n")
+        done = run_app(f"--page={page}")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("Error: ", done.stderr)
+        self.assertIn("has no block beginning with", done.stderr)
+        with open(page, "w") as f:
+            f.write(page_with_block("missing.json"))
+        done = run_app(f"--page={page}")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("missing.json", done.stderr)
+
+
+if __name__ == "__main__":
+    absltest.main()
