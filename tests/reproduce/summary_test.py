@@ -125,6 +125,10 @@ class SummaryTest(absltest.TestCase):
         # Made again from the same JSON, the page does not change.
         self.assertEqual(summary.replace_blocks(new_page, directory), (new_page, 1))
 
+    def test_a_missing_comparison_is_an_error(self):
+        with self.assertRaisesRegex(OSError, "missing.json"):
+            summary.replace_blocks(page_with_block("missing.json"), self.create_tempdir().full_path)
+
     def test_a_block_without_its_end_is_an_error(self):
         page = page_with_block("c.json").replace(summary.END, "")
         with self.assertRaisesRegex(ValueError, "has no '<!-- end of generated table -->' line"):
@@ -172,7 +176,7 @@ class SummarizeAppTest(absltest.TestCase):
         selected = payload["selection"]["selected"]
         self.assertIn(f"| `{selected}` (selected) |", "\n".join(table))
 
-    def test_errors_are_one_line(self):
+    def test_a_page_without_a_block_is_a_one_line_error(self):
         directory = self.create_tempdir().full_path
         page = os.path.join(directory, "page.md")
         with open(page, "w") as f:
@@ -181,11 +185,6 @@ class SummarizeAppTest(absltest.TestCase):
         self.assertEqual(done.returncode, 1)
         self.assertIn("Error: ", done.stderr)
         self.assertIn("has no block beginning with", done.stderr)
-        with open(page, "w") as f:
-            f.write(page_with_block("missing.json"))
-        done = run_app(f"--page={page}")
-        self.assertEqual(done.returncode, 1)
-        self.assertIn("missing.json", done.stderr)
 
 
 if __name__ == "__main__":
