@@ -5,8 +5,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import keras
@@ -15,8 +13,7 @@ from absl.testing import parameterized
 
 from sq_keras import evaluation
 from sq_keras.layers import SoftQuantization
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import testing_utils
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,17 +49,7 @@ def saved_models():
 
 
 def run_app(*flags):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return subprocess.run(
-        [sys.executable, "-m", "apps.evaluate", *flags],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return testing_utils.run_app("apps.evaluate", *flags)
 
 
 class EvaluateAppTest(parameterized.TestCase):

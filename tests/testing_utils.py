@@ -31,6 +31,22 @@ _SERVE = textwrap.dedent(
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_app(module, *flags, timeout=300):
+    """Runs `python -m <module> <flags>` from the repository root, as a user
+    would; returns the `subprocess.CompletedProcess` with its text output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags],
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_mirrored_probe(test, *args):
     """Runs tests/mirrored_step_probe.py with `args` in a fresh process (it
     needs two virtual CPU devices before TensorFlow starts) and returns the

@@ -2,14 +2,13 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 
 from sq_keras import jsonio
 from sq_keras.reproduce import summary
+from tests import testing_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPARISON = "results/mnist.json"
@@ -138,17 +137,7 @@ class SummaryTest(absltest.TestCase):
 
 
 def run_app(*flags):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return subprocess.run(
-        [sys.executable, "-m", "apps.summarize", *flags],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return testing_utils.run_app("apps.summarize", *flags)
 
 
 class SummarizeAppTest(absltest.TestCase):
