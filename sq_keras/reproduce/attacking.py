@@ -2,7 +2,8 @@
 
 Attacks one variant with the suite (cached by its report file, so a rerun
 attacks nothing twice) and scores a run after each epoch (cached in
-`curve.json` or `holdout_curve.json`). Everything else in the package reads the reports as the JSON
+`curve.json` or `holdout_curve.json`, each epoch's score in `<stem>_epochs/`
+until then). Everything else in the package reads the reports as the JSON
 dicts written to disk.
 
 ```python
@@ -277,13 +278,47 @@ def _score(target, examples, *, dataset, eps, settings):
     return report.clean_accuracy, report.worst_case_accuracy
 
 
+def _point_key(weights, target, examples, *, eps, settings):
+    """What one epoch's score depends on: its weights, attacks, radius,
+    images and attack settings."""
+    return jsonio.jsonable(
+        {
+            "weights_sha256": evaluation.file_digest(weights),
+            "attacks": curve_attacks(target),
+            "eps": eps,
+            "split": examples.split,
+            "num_examples": len(examples.labels),
+            "settings": dataclasses.asdict(settings),
+        }
+    )
+
+
+def _epoch_score(run_dir, epoch, target, examples, *, cache_dir, dataset, eps, settings):
+    """`(clean, robust, read_back)` after `epoch`, cached in
+    `cache_dir/epoch_<n>.json`; a cached score of other weights or settings
+    is scored again."""
+    weights = _epoch_weights(run_dir, epoch)
+    key = _point_key(weights, target, examples, eps=eps, settings=settings)
+    path = os.path.join(cache_dir, f"epoch_{epoch:03d}.json")
+    if os.path.exists(path):
+        cached = jsonio.read_json(path)
+        if cached.get("key") == key:
+            return cached["clean_accuracy"], cached["robust_accuracy"], True
+    target.keras_model.load_weights(weights)
+    clean, robust = _score(target, examples, dataset=dataset, eps=eps, settings=settings)
+    jsonio.write_json(path, {"key": key, "clean_accuracy": clean, "robust_accuracy": robust})
+    return clean, robust, False
+
+
 def robustness_curve(
     run_dir, history, examples, *, dataset, eps, settings, eval_policy, log, filename="curve.json"
 ):
     """Robust accuracy of a run after each epoch, with training time.
 
     Scored with `curve_attacks` on the weights `keep_epoch_weights` saved;
-    cached in the run's `evaluation/<filename>`.
+    cached in the run's `evaluation/<filename>`. Each epoch's score is also
+    kept in `evaluation/<stem>_epochs/`, so a stopped curve resumes at the
+    first epoch it had not scored.
 
     Args:
         run_dir: The run directory.
@@ -309,11 +344,20 @@ def robustness_curve(
     name = os.path.basename(os.path.normpath(run_dir))
     log(f"== {name}: robustness after each of {len(history)} epochs ({examples.split})")
     target = load_run(run_dir, policy=eval_policy)
+    cache_dir = os.path.splitext(path)[0] + "_epochs"
     points, elapsed = [], 0.0
     for record in history:
         elapsed += record["seconds"]
-        target.keras_model.load_weights(_epoch_weights(run_dir, record["epoch"]))
-        clean, robust = _score(target, examples, dataset=dataset, eps=eps, settings=settings)
+        clean, robust, read_back = _epoch_score(
+            run_dir,
+            record["epoch"],
+            target,
+            examples,
+            cache_dir=cache_dir,
+            dataset=dataset,
+            eps=eps,
+            settings=settings,
+        )
         points.append(
             {
                 "epoch": record["epoch"],
@@ -322,7 +366,8 @@ def robustness_curve(
                 "robust_accuracy": robust,
             }
         )
-        log(f"  epoch {record['epoch']}: robust accuracy {robust:.2f}")
+        suffix = " (read back)" if read_back else ""
+        log(f"  epoch {record['epoch']}: robust accuracy {robust:.2f}{suffix}")
     curve = {
         "attacks": curve_attacks(target),
         "eps": eps,

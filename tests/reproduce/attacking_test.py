@@ -1,17 +1,43 @@
-"""Tests for sq_keras.reproduce.attacking that need no trained model."""
+"""Tests for sq_keras.reproduce.attacking, on cached files and a tiny hand-made run."""
 
 import dataclasses
 import os
+import shutil
 
+import keras
 import numpy as np
 from absl.testing import absltest
 
 from sq_keras import evaluation
 from sq_keras import jsonio
 from sq_keras import reproduce
+from sq_keras import training
 from sq_keras.reproduce import attacking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_run(run_dir, epochs):
+    """A run directory as `keep_epoch_weights` leaves it: a small CNN
+    trained one epoch on 600 MNIST images per kept epoch."""
+    images, labels = evaluation.load_examples(
+        "mnist", "train", num_examples=600, data_dir=os.environ.get("SQ_KERAS_DATA_DIR")
+    )
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1), name="images")
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    os.makedirs(os.path.join(run_dir, "epochs"))
+    for epoch in range(1, epochs + 1):
+        model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        model.save_weights(training.epoch_weights_path(run_dir, epoch))
+    model.save(os.path.join(run_dir, "model.keras"))
+    config = {"dataset": "mnist", "method": "natural", "eps": 0.3, "seed": 0}
+    jsonio.write_json(os.path.join(run_dir, "config.json"), config)
 
 
 class AttackingTest(absltest.TestCase):
@@ -112,6 +138,48 @@ class AttackingTest(absltest.TestCase):
         )
         self.assertEqual(got, curve)
         self.assertEqual(lines, [])
+
+    def test_a_stopped_curve_resumes_at_its_first_unscored_epoch(self):
+        run_dir = self.create_tempdir().full_path
+        make_run(run_dir, epochs=2)
+        history = [{"epoch": 1, "seconds": 2.0}, {"epoch": 2, "seconds": 3.0}]
+        examples = attacking.load_split("mnist", "test", num_examples=20)
+        settings = evaluation.AttackSettings(pgd_steps=10, seed=0)
+        evaluation_dir = os.path.join(run_dir, "evaluation")
+
+        def curve(lines):
+            return attacking.robustness_curve(
+                run_dir,
+                history,
+                examples,
+                dataset="mnist",
+                eps=0.05,
+                settings=settings,
+                eval_policy="float32",
+                log=lines.append,
+            )
+
+        first = curve([])
+        self.assertEqual([p["train_seconds"] for p in first["points"]], [2.0, 5.0])
+        # Stopped after scoring epoch 1: no curve yet, epoch 1's score kept.
+        os.remove(os.path.join(evaluation_dir, "curve.json"))
+        os.remove(os.path.join(evaluation_dir, "curve_epochs", "epoch_002.json"))
+        lines = []
+        self.assertEqual(curve(lines), first)
+        self.assertTrue(lines[1].endswith("(read back)"), lines)
+        self.assertFalse(lines[2].endswith("(read back)"), lines)
+        # Other weights after epoch 1 (here epoch 2's): scored again, not read back.
+        os.remove(os.path.join(evaluation_dir, "curve.json"))
+        shutil.copy(
+            training.epoch_weights_path(run_dir, 2), training.epoch_weights_path(run_dir, 1)
+        )
+        lines = []
+        again = curve(lines)
+        self.assertFalse(lines[1].endswith("(read back)"), lines)
+        self.assertTrue(lines[2].endswith("(read back)"), lines)
+        self.assertEqual(
+            again["points"][0]["robust_accuracy"], first["points"][1]["robust_accuracy"]
+        )
 
 
 if __name__ == "__main__":
