@@ -30,7 +30,10 @@ from sq_keras.reproduce.variants import REFERENCE
 
 BEGIN = "<!-- generated from {path} by python -m apps.summarize -->"
 END = "<!-- end of generated table -->"
-_BEGIN_PATTERN = re.compile(r"^<!-- generated from (\S+) by python -m apps\.summarize -->$", re.M)
+# BEGIN with its path as a group, matched as a whole line.
+_BEGIN_PATTERN = re.compile(
+    "^" + re.escape(BEGIN).replace(re.escape("{path}"), r"(\S+)") + "$", re.M
+)
 
 
 def _fmt(value, pattern="{:.1f}"):
