@@ -1,5 +1,7 @@
 """Choosing a mixed-precision policy for the machine at hand."""
 
+import os
+
 import keras
 import tensorflow as tf
 
@@ -8,6 +10,21 @@ POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # CPU flags whose presence means bfloat16 matmuls/convolutions run natively
 # (oneDNN uses AVX512-BF16 or AMX); elsewhere bfloat16 is emulated and slow.
 _FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# `ONEDNN_MAX_CPU_ISA` caps the instructions oneDNN uses (its CPU dispatcher
+# control): capped at one of these it uses neither AVX512-BF16 nor AMX, so
+# bfloat16 is emulated as on a CPU without them ...
+_ISA_CAPS_WITHOUT_BF16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+# ... and capped at one of these, AVX512-BF16 but not AMX.
+_ISA_CAPS_WITHOUT_AMX = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
 
 
 def _cpu_flags():
@@ -21,18 +38,33 @@ def _cpu_flags():
     return set()
 
 
+def onednn_isa_cap():
+    """The instruction set `ONEDNN_MAX_CPU_ISA` caps oneDNN at, upper-case,
+    or None when it is unset or `ALL`/`DEFAULT`."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return None if cap in ("", "ALL", "DEFAULT") else cap
+
+
 def native_bfloat16_flags():
-    """The CPU flags of native bfloat16 this machine has (empty: emulated)."""
+    """The CPU flags of native bfloat16 that this machine has and oneDNN may
+    use (empty: bfloat16 is emulated)."""
+    cap = onednn_isa_cap()
+    usable = _FAST_BF16_CPU_FLAGS
+    if cap in _ISA_CAPS_WITHOUT_BF16:
+        usable = ()
+    elif cap in _ISA_CAPS_WITHOUT_AMX:
+        usable = ("avx512_bf16",)
     flags = _cpu_flags()
-    return tuple(flag for flag in _FAST_BF16_CPU_FLAGS if flag in flags)
+    return tuple(flag for flag in usable if flag in flags)
 
 
 def resolve_policy(name):
     """Maps a policy name, possibly "auto", to a concrete Keras policy name.
 
     "auto" picks mixed_float16 when a GPU is visible, mixed_bfloat16 on a CPU
-    with native bfloat16 instructions (measured 1.6-3.7x faster than float32
-    on such a CPU), and float32 otherwise (float16 on a CPU is emulated and
+    with native bfloat16 instructions that oneDNN may use (measured 1.6-3.7x
+    faster than float32 on such a CPU; `ONEDNN_MAX_CPU_ISA=AVX2` forbids
+    them), and float32 otherwise (float16 on a CPU is emulated and
     two orders of magnitude slower).
 
     Raises:

@@ -55,11 +55,13 @@ def git_commit():
 
 def bfloat16_support():
     """Whether the CPU runs bfloat16 natively, in words: costs measured in
-    bfloat16 differ ~4x between such a CPU and one that emulates it."""
+    bfloat16 differ ~4x between such a CPU and one that emulates it. A cap
+    on oneDNN's instructions (`ONEDNN_MAX_CPU_ISA`) is named too: it changes
+    float32 costs as well."""
     flags = precision.native_bfloat16_flags()
-    if not flags:
-        return "no native bfloat16"
-    return f"native bfloat16 ({', '.join(flags)})"
+    support = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
+    cap = precision.onednn_isa_cap()
+    return support if cap is None else f"{support}, oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)"
 
 
 def machine_description():

@@ -16,6 +16,12 @@ from sq_keras import training
 
 
 class ResolvePolicyTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        # The machine's own cap on oneDNN, if any, must not decide these cases.
+        self.enter_context(mock.patch.dict(os.environ))
+        os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+
     def tearDown(self):
         keras.mixed_precision.set_global_policy("float32")
         super().tearDown()
@@ -38,6 +44,26 @@ class ResolvePolicyTest(parameterized.TestCase):
             mock.patch.object(precision, "_cpu_flags", return_value=cpu_flags),
         ):
             self.assertEqual(precision.resolve_policy("auto"), expected)
+
+    @parameterized.named_parameters(
+        ("uncapped", None, ("avx512_bf16", "amx_bf16"), "mixed_bfloat16"),
+        ("capped_at_default", "DEFAULT", ("avx512_bf16", "amx_bf16"), "mixed_bfloat16"),
+        ("capped_at_avx2", "avx2", (), "float32"),
+        ("capped_at_avx512_core", "AVX512_CORE", (), "float32"),
+        ("capped_below_amx", "AVX512_CORE_BF16", ("avx512_bf16",), "mixed_bfloat16"),
+        ("capped_at_amx", "AVX512_CORE_AMX", ("avx512_bf16", "amx_bf16"), "mixed_bfloat16"),
+    )
+    def test_a_onednn_isa_cap_limits_native_bfloat16(self, cap, flags, policy):
+        # An AMX CPU whose oneDNN is capped by ONEDNN_MAX_CPU_ISA (an AVX2 cap
+        # makes it run as an AVX2-only CPU would).
+        env = {} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap}
+        with (
+            mock.patch.dict(os.environ, env),
+            mock.patch.object(precision.tf.config, "list_physical_devices", return_value=[]),
+            mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
+        ):
+            self.assertEqual(precision.native_bfloat16_flags(), flags)
+            self.assertEqual(precision.resolve_policy("auto"), policy)
 
     def test_set_policy_sets_the_global_policy(self):
         self.assertEqual(precision.set_policy("mixed_bfloat16"), "mixed_bfloat16")

@@ -12,6 +12,12 @@ from sq_keras import provenance
 
 
 class ProvenanceTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        # The machine's own cap on oneDNN, if any, must not decide these cases.
+        self.enter_context(mock.patch.dict(os.environ))
+        os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+
     def test_environment_names_versions_commit_and_machine(self):
         env = provenance.environment()
         self.assertEqual(
@@ -40,6 +46,19 @@ class ProvenanceTest(parameterized.TestCase):
         with mock.patch.object(precision, "_cpu_flags", return_value=cpu_flags):
             description = provenance.machine_description()
         self.assertTrue(description.endswith(", " + expected), description)
+
+    def test_machine_names_a_cap_on_onednn(self):
+        with (
+            mock.patch.dict(os.environ, {"ONEDNN_MAX_CPU_ISA": "avx2"}),
+            mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
+        ):
+            description = provenance.machine_description()
+        self.assertTrue(
+            description.endswith(
+                ", no native bfloat16, oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA)"
+            ),
+            description,
+        )
 
 
 if __name__ == "__main__":
