@@ -9,24 +9,10 @@ from absl.testing import absltest
 from sq_keras import jsonio
 from sq_keras.reproduce import summary
 from tests import testing_utils
+from tests.reproduce.fixtures import make_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMPARISON = "results/mnist.json"
-
-
-def make_row(name, *, tested=True, **cells):
-    """A row of `table.build_rows` with the fields the summary reads."""
-    row = {
-        "name": name,
-        "tested": tested,
-        "clean_accuracy": 99.0 if tested else None,
-        "robust_accuracy": {"pgd": 10.0} if tested else {},
-        "worst_case_accuracy": 10.0 if tested else None,
-        "failed_checks": [],
-        "num_examples": 40 if tested else None,
-    }
-    row.update(cells)
-    return row
 
 
 def make_payload(rows, *, selected="b"):
