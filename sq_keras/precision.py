@@ -25,6 +25,8 @@ _ISA_CAPS_WITHOUT_BF16 = (
 )
 # ... and capped at one of these, AVX512-BF16 but not AMX.
 _ISA_CAPS_WITHOUT_AMX = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
+# oneDNN reads the cap's older name when the new one is unset or empty.
+_ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def _cpu_flags():
@@ -38,11 +40,21 @@ def _cpu_flags():
     return set()
 
 
+def onednn_isa_cap_setting():
+    """`(variable, cap)`: the environment variable that caps oneDNN's
+    instructions and the cap, upper-case; None when no cap is set or it is
+    `ALL`/`DEFAULT`."""
+    for variable in _ISA_CAP_VARIABLES:
+        cap = os.environ.get(variable, "").strip().upper()
+        if cap:
+            return None if cap in ("ALL", "DEFAULT") else (variable, cap)
+    return None
+
+
 def onednn_isa_cap():
-    """The instruction set `ONEDNN_MAX_CPU_ISA` caps oneDNN at, upper-case,
-    or None when it is unset or `ALL`/`DEFAULT`."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    return None if cap in ("", "ALL", "DEFAULT") else cap
+    """The instruction set oneDNN is capped at, upper-case, or None."""
+    setting = onednn_isa_cap_setting()
+    return None if setting is None else setting[1]
 
 
 def native_bfloat16_flags():

@@ -56,12 +56,15 @@ def git_commit():
 def bfloat16_support():
     """Whether the CPU runs bfloat16 natively, in words: costs measured in
     bfloat16 differ ~4x between such a CPU and one that emulates it. A cap
-    on oneDNN's instructions (`ONEDNN_MAX_CPU_ISA`) is named too: it changes
-    float32 costs as well."""
+    on oneDNN's instructions (`ONEDNN_MAX_CPU_ISA` or `DNNL_MAX_CPU_ISA`) is
+    named too: it changes float32 costs as well."""
     flags = precision.native_bfloat16_flags()
     support = f"native bfloat16 ({', '.join(flags)})" if flags else "no native bfloat16"
-    cap = precision.onednn_isa_cap()
-    return support if cap is None else f"{support}, oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)"
+    setting = precision.onednn_isa_cap_setting()
+    if setting is None:
+        return support
+    variable, cap = setting
+    return f"{support}, oneDNN capped at {cap} ({variable})"
 
 
 def machine_description():

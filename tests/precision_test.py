@@ -21,6 +21,7 @@ class ResolvePolicyTest(parameterized.TestCase):
         # The machine's own cap on oneDNN, if any, must not decide these cases.
         self.enter_context(mock.patch.dict(os.environ))
         os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+        os.environ.pop("DNNL_MAX_CPU_ISA", None)
 
     def tearDown(self):
         keras.mixed_precision.set_global_policy("float32")
@@ -63,6 +64,30 @@ class ResolvePolicyTest(parameterized.TestCase):
             mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
         ):
             self.assertEqual(precision.native_bfloat16_flags(), flags)
+            self.assertEqual(precision.resolve_policy("auto"), policy)
+
+    @parameterized.named_parameters(
+        ("old_name_only", {"DNNL_MAX_CPU_ISA": "avx2"}, ("DNNL_MAX_CPU_ISA", "AVX2"), "float32"),
+        (
+            "new_name_wins",
+            {"ONEDNN_MAX_CPU_ISA": "ALL", "DNNL_MAX_CPU_ISA": "AVX2"},
+            None,
+            "mixed_bfloat16",
+        ),
+        (
+            "empty_new_name_falls_back",
+            {"ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": "AVX2"},
+            ("DNNL_MAX_CPU_ISA", "AVX2"),
+            "float32",
+        ),
+    )
+    def test_the_cap_is_read_under_both_of_its_names(self, env, setting, policy):
+        with (
+            mock.patch.dict(os.environ, env),
+            mock.patch.object(precision.tf.config, "list_physical_devices", return_value=[]),
+            mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
+        ):
+            self.assertEqual(precision.onednn_isa_cap_setting(), setting)
             self.assertEqual(precision.resolve_policy("auto"), policy)
 
     def test_set_policy_sets_the_global_policy(self):

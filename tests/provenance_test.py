@@ -17,6 +17,7 @@ class ProvenanceTest(parameterized.TestCase):
         # The machine's own cap on oneDNN, if any, must not decide these cases.
         self.enter_context(mock.patch.dict(os.environ))
         os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+        os.environ.pop("DNNL_MAX_CPU_ISA", None)
 
     def test_environment_names_versions_commit_and_machine(self):
         env = provenance.environment()
@@ -47,16 +48,15 @@ class ProvenanceTest(parameterized.TestCase):
             description = provenance.machine_description()
         self.assertTrue(description.endswith(", " + expected), description)
 
-    def test_machine_names_a_cap_on_onednn(self):
+    @parameterized.parameters("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+    def test_machine_names_a_cap_on_onednn(self, variable):
         with (
-            mock.patch.dict(os.environ, {"ONEDNN_MAX_CPU_ISA": "avx2"}),
+            mock.patch.dict(os.environ, {variable: "avx2"}),
             mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
         ):
             description = provenance.machine_description()
         self.assertTrue(
-            description.endswith(
-                ", no native bfloat16, oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA)"
-            ),
+            description.endswith(f", no native bfloat16, oneDNN capped at AVX2 ({variable})"),
             description,
         )
 
