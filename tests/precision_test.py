@@ -1,5 +1,6 @@
 """Tests for sq_keras.precision."""
 
+import contextlib
 import json
 import os
 from unittest import mock
@@ -13,6 +14,17 @@ from absl.testing import parameterized
 from sq_keras import data
 from sq_keras import precision
 from sq_keras import training
+
+
+@contextlib.contextmanager
+def amx_cpu_without_gpu(env):
+    """A CPU with AVX512-BF16 and AMX, no GPU, and `env` in the environment."""
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch.object(precision.tf.config, "list_physical_devices", return_value=[]),
+        mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
+    ):
+        yield
 
 
 class ResolvePolicyTest(parameterized.TestCase):
@@ -58,11 +70,7 @@ class ResolvePolicyTest(parameterized.TestCase):
         # An AMX CPU whose oneDNN is capped by ONEDNN_MAX_CPU_ISA (an AVX2 cap
         # makes it run as an AVX2-only CPU would).
         env = {} if cap is None else {"ONEDNN_MAX_CPU_ISA": cap}
-        with (
-            mock.patch.dict(os.environ, env),
-            mock.patch.object(precision.tf.config, "list_physical_devices", return_value=[]),
-            mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
-        ):
+        with amx_cpu_without_gpu(env):
             self.assertEqual(precision.native_bfloat16_flags(), flags)
             self.assertEqual(precision.resolve_policy("auto"), policy)
 
@@ -82,11 +90,7 @@ class ResolvePolicyTest(parameterized.TestCase):
         ),
     )
     def test_the_cap_is_read_under_both_of_its_names(self, env, setting, policy):
-        with (
-            mock.patch.dict(os.environ, env),
-            mock.patch.object(precision.tf.config, "list_physical_devices", return_value=[]),
-            mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}),
-        ):
+        with amx_cpu_without_gpu(env):
             self.assertEqual(precision.onednn_isa_cap_setting(), setting)
             self.assertEqual(precision.resolve_policy("auto"), policy)
 
