@@ -91,8 +91,14 @@ _SELECT_ONLY = flags.DEFINE_bool(
 _HEADLINE_EXAMPLES = flags.DEFINE_integer(
     "headline_examples",
     0,
-    "Also attack the selected recipe and pgd_at with the autoattack cascade on this many test "
-    "images (e.g. 10000), resuming from finished batches (0: none).",
+    "Also attack the selected recipe and pgd_at with each --headline_attacks cascade on this "
+    "many test images (e.g. 10000), resuming from finished batches (0: none).",
+)
+_HEADLINE_ATTACKS = flags.DEFINE_list(
+    "headline_attacks",
+    list(reproduce.HEADLINE_ATTACKS),
+    "Presets or attacks of apps.evaluate run on the --headline_examples images, each as its own "
+    "cascade on its own settings (e.g. autoattack,strong).",
 )
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision", "auto", list(precision.POLICIES), "Training dtype policy."
@@ -148,6 +154,7 @@ def main(argv):
             selection_attacks=_SELECTION_ATTACKS.value,
             select_only=_SELECT_ONLY.value,
             headline_examples=_HEADLINE_EXAMPLES.value,
+            headline_attacks=_HEADLINE_ATTACKS.value,
             command=" ".join(["python -m apps.reproduce", *sys.argv[1:]]),
         )
         payload = reproduce.run(variants, config)

@@ -81,6 +81,7 @@ from sq_keras.evaluation.registry import ITERATIVE_ATTACKS
 from sq_keras.evaluation.registry import PLAIN_GRADIENT_ATTACKS
 from sq_keras.evaluation.registry import PRESETS
 from sq_keras.evaluation.registry import REGISTRY
+from sq_keras.evaluation.registry import TRANSFER_ATTACKS
 from sq_keras.evaluation.registry import AttackPlan
 from sq_keras.evaluation.registry import AttackSettings
 from sq_keras.evaluation.registry import AttackSpec
@@ -114,6 +115,7 @@ __all__ = [
     "PRESETS",
     "REGISTRY",
     "SLACK",
+    "TRANSFER_ATTACKS",
     "AttackOutcome",
     "AttackPlan",
     "AttackSettings",

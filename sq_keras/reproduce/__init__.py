@@ -25,6 +25,7 @@ the JSON by `apps.summarize`).
 """
 
 from sq_keras.reproduce.attacking import DEFAULT_SETTINGS
+from sq_keras.reproduce.attacking import HEADLINE_ATTACKS
 from sq_keras.reproduce.config import DEFAULT_ATTACKS
 from sq_keras.reproduce.config import DEFAULT_EPS_VALUES
 from sq_keras.reproduce.config import ComparisonConfig
@@ -43,6 +44,7 @@ __all__ = [
     "DEFAULT_ATTACKS",
     "DEFAULT_EPS_VALUES",
     "DEFAULT_SETTINGS",
+    "HEADLINE_ATTACKS",
     "MNIST_VARIANTS",
     "REFERENCE",
     "VARIANTS",

@@ -16,6 +16,7 @@ report = attack_variant(suite, variant, load_split("mnist", "test", num_examples
 
 import dataclasses
 import os
+import re
 from typing import Any
 from typing import Callable
 
@@ -33,9 +34,10 @@ from sq_keras.reproduce.variants import REFERENCE
 DEFAULT_SETTINGS = evaluation.AttackSettings(pgd_steps=100, restarts=5, square_queries=5000)
 
 
-# The headline of the selected recipe and the reference: AutoAttack's attacks
-# as a cascade (through BPDA on a quantized model), on many more test images
-# than the whole suite runs on.
+# The headline of the selected recipe and the reference, on many more test
+# images than the whole suite runs on: by default AutoAttack's attacks as a
+# cascade (through BPDA on a quantized model). Each preset of a headline runs
+# as its own cascade.
 HEADLINE_ATTACKS = ("autoattack",)
 
 # The key of an eps in a report's per-eps results.
@@ -158,48 +160,64 @@ def attack_variant(
     return evaluation.write_report(report, path)
 
 
-def attack_headline(suite, name, examples, *, eps):
-    """The `HEADLINE_ATTACKS` cascade's report on one run, resumable batch by batch.
+def headline_filename(preset):
+    """The report file of the `preset` headline in a run's `evaluation/` folder."""
+    return f"headline_{re.sub(r'[^A-Za-z0-9_.-]', '-', preset)}_report.json"
 
-    Every finished batch is kept in `headline_report_batches/` beside the
-    report, described as `apps.evaluate` describes its runs: the batches of
-    `python -m apps.evaluate --model=<run> --attacks=autoattack
-    --num_examples=<n> --seed=<seed>` resume this stage once moved there.
+
+def _cached_headline(path, preset, examples):
+    """The headline report in `path`, refused when it is on other examples
+    or of other attacks."""
+    report = jsonio.read_json(path)
+    found = (report.get("split"), report["num_examples"])
+    if found != (examples.split, len(examples.labels)):
+        raise ValueError(
+            f"{path} holds a report on {found[1]} {found[0]} images, not "
+            f"{len(examples.labels)} {examples.split} images. Delete it to attack again."
+        )
+    return _cached_report(path, [preset])
+
+
+def attack_headline(suite, name, examples, *, eps, preset=HEADLINE_ATTACKS[0]):
+    """The `preset` cascade's report on one run, resumable batch by batch.
+
+    The preset runs on its own settings over the library's defaults, the
+    suite's seed only (the suite's restarts or budgets do not carry over),
+    at `eps` alone, each attack on the images every earlier one failed on.
+    A preset with the transfer attack crafts it on the suite's source,
+    except on the source itself. Every finished batch is kept in
+    `headline_<preset>_report_batches/` beside the report, described as
+    `apps.evaluate` describes its runs: the batches of `python -m
+    apps.evaluate --model=<run> --attacks=<preset> --eps=<eps>
+    --noadd_large_eps --worst_case_only --num_examples=<n> --seed=<seed>`
+    (with `--source_model=<source>` for a preset with the transfer attack)
+    resume this stage once moved there.
 
     Args:
         suite: The `Suite` (its settings give the seed only).
         name: The variant whose run is attacked.
         examples: `Examples` to attack.
         eps: The radius.
+        preset: Attack name or preset of `sq_keras.evaluation`.
 
     Returns:
-        The report as written to (or read from) `headline_report.json`.
+        The report as written to (or read from) `headline_<preset>_report.json`.
 
     Raises:
-        ValueError: A cached report on other examples.
+        ValueError: A cached report on other examples or of other attacks.
     """
-    path = os.path.join(suite.runs_dir, name, "evaluation", "headline_report.json")
+    path = os.path.join(suite.runs_dir, name, "evaluation", headline_filename(preset))
     if os.path.exists(path):
-        report = jsonio.read_json(path)
-        found = (report.get("split"), report["num_examples"])
-        if found != (examples.split, len(examples.labels)):
-            raise ValueError(
-                f"{path} holds a report on {found[1]} {found[0]} images, not "
-                f"{len(examples.labels)} {examples.split} images. Delete it to attack again."
-            )
-        return report
-    suite.log(
-        f"== {name}: {'+'.join(HEADLINE_ATTACKS)} on {len(examples.labels)} {examples.split} images"
-    )
+        return _cached_headline(path, preset, examples)
+    suite.log(f"== {name}: {preset} on {len(examples.labels)} {examples.split} images")
     target = load_run(os.path.join(suite.runs_dir, name), policy=suite.eval_policy)
-    # The preset's own settings on the library's defaults, as `apps.evaluate
-    # --attacks=autoattack --seed=<seed>` runs it: the suite's restarts or
-    # budgets do not carry over.
     settings = evaluation.AttackSettings(seed=suite.settings.seed)
     plan = evaluation.REGISTRY.plan(
-        list(HEADLINE_ATTACKS), settings, target=target, explicit=("seed",)
+        [preset], settings, target=target, explicit=("seed",), worst_case_only=True
     )
-    store = _batch_store(path, suite, target, examples.split)
+    transfer = any(a in evaluation.TRANSFER_ATTACKS for a in plan.attacks)
+    source = suite.source if transfer and name != REFERENCE else None
+    store = _batch_store(path, suite, target, examples.split, source=source)
     report = evaluation.evaluate(
         target,
         examples.images,
@@ -207,12 +225,14 @@ def attack_headline(suite, name, examples, *, eps):
         attacks=plan.attacks,
         eps_values=[eps],
         settings=plan.settings,
+        source=source,
         num_classes=data.get_info(suite.dataset).num_classes,
+        add_large_eps=False,
         worst_case_only=plan.worst_case_only,
         store=store,
     )
     report.metadata["split"] = examples.split
-    report.metadata["requested_attacks"] = list(HEADLINE_ATTACKS)
+    report.metadata["requested_attacks"] = [preset]
     return evaluation.write_report(report, path)
 
 

@@ -12,6 +12,7 @@ import typing
 
 from sq_keras import evaluation
 from sq_keras.reproduce.attacking import DEFAULT_SETTINGS
+from sq_keras.reproduce.attacking import HEADLINE_ATTACKS
 
 DEFAULT_ATTACKS = ("strong",)
 DEFAULT_EPS_VALUES = (0.3,)
@@ -57,16 +58,19 @@ class ComparisonConfig:
         select_only: Stop after the held-out selection (and its curves):
             nothing is attacked on the test set.
         headline_examples: Also attack the selected recipe (every tested
-            candidate without a selection) and the reference with the
-            `autoattack` cascade on this many test images (0: no headline),
-            resuming from finished batches: the table's number on many
-            more images than the whole suite runs on.
+            candidate without a selection) and the reference with each of
+            `headline_attacks` as a cascade on this many test images (0: no
+            headline), resuming from finished batches: the table's numbers
+            on many more images than the whole suite runs on.
+        headline_attacks: Presets (or attack names) of the headline, each
+            run as its own cascade on its own settings (the suite's seed
+            only); e.g. `("autoattack", "strong")` adds the whole suite.
         command: The command line that ran this, recorded in the output.
 
     Raises:
         ValueError: A held-out selection without `train_examples`,
-            `select_only` without a selection, or a negative
-            `headline_examples`.
+            `select_only` without a selection, a negative
+            `headline_examples`, or headline presets that are not unique.
     """
 
     dataset: str
@@ -91,6 +95,7 @@ class ComparisonConfig:
     selection_attacks: typing.Optional[typing.Sequence[str]] = None
     select_only: bool = False
     headline_examples: int = 0
+    headline_attacks: typing.Sequence[str] = HEADLINE_ATTACKS
     command: typing.Optional[str] = None
 
     def __post_init__(self):
@@ -104,6 +109,10 @@ class ComparisonConfig:
         if self.headline_examples < 0:
             raise ValueError(
                 f"`headline_examples` must be >= 0. Received: {self.headline_examples}"
+            )
+        if len(set(self.headline_attacks)) != len(self.headline_attacks):
+            raise ValueError(
+                "`headline_attacks` must be unique. Received: " + ", ".join(self.headline_attacks)
             )
 
     @property

@@ -1,7 +1,7 @@
 """The comparison as a Markdown table, with the notes that explain it.
 
 Parts, in order: a provenance line, the table (header, then one line per
-row), the headline table (rows attacked on more test images), the recipe
+row), the headline tables (one per cascade run on more test images), the recipe
 selection, the reference's curve, the held-out curves, the notes on timing
 and the list of variants.
 """
@@ -97,22 +97,28 @@ def _table(rows, columns, eps):
 
 
 def _headline_lines(rows):
-    """The `autoattack` cascade on more images: one line per row that has it."""
-    rows = [r for r in rows if "headline" in r]
-    if not rows:
-        return []
-    attacks = list(dict.fromkeys(a for r in rows for a in r["headline"]["attacks"]))
+    """One table per headline preset: a line per row that has it."""
+    presets = list(dict.fromkeys(p for r in rows for p in r.get("headlines", {})))
+    lines = []
+    for preset in presets:
+        lines += _preset_lines(preset, [r for r in rows if preset in r.get("headlines", {})])
+    return lines
+
+
+def _preset_lines(preset, rows):
+    """The `preset` cascade on more images: robust accuracy after each attack."""
+    heads = [r["headlines"][preset] for r in rows]
+    attacks = list(dict.fromkeys(a for head in heads for a in head["attacks"]))
     lines = [
         "",
-        "The `autoattack` preset as a cascade (each attack only on the images every earlier "
-        "one failed on; through the quantizer's BPDA stand-in on quantized models): robust "
+        f"`{preset}` as a cascade (each attack only on the images every earlier one failed "
+        "on; the `bpda_*` attacks differentiate through the quantizer's stand-in): robust "
         "accuracy (%) after each attack, on the first N test images.",
         "",
         _line(["variant", "N", "clean", *(f"after {a}" for a in attacks), "worst case"]),
         "|" + "---|" * (len(attacks) + 4),
     ]
-    for r in rows:
-        head = r["headline"]
+    for r, head in zip(rows, heads):
         cells = [r["name"], str(head["num_examples"]), _fmt(head["clean_accuracy"])]
         cells += [_fmt(head["robust_accuracy"].get(a)) for a in attacks]
         cells.append(_fmt(head["worst_case_accuracy"]))

@@ -112,6 +112,7 @@ def _measure(variants, config, workspace, trained):
         num_examples=config.headline_examples,
         eps=eps,
         data_dir=data_dir,
+        presets=config.headline_attacks,
     )
     curve_examples = 0 if config.select_only else config.curve_examples
     reference = measure_reference(
@@ -143,6 +144,7 @@ def _payload(variants, config, measured, figures):
         "eps": config.eps,
         "num_examples": measured.num_tested_examples,
         "headline_examples": config.headline_examples,
+        "headline_attacks": list(config.headline_attacks),
         "transfer_source": measured.source_name,
         "attack_settings": dataclasses.asdict(config.settings),
         "train_examples": config.train_examples,
@@ -176,6 +178,7 @@ def run(variants, config, *, log=print):
     _check_variants(variants)
     # Unknown attack names fail here, not after hours of training.
     columns = table_columns(resolve_attacks(config.attacks))
+    resolve_attacks(config.headline_attacks)
     workspace = Workspace(
         config.dataset, config.runs_dir, config.data_dir, config.policy, config.eval_policy, log
     )

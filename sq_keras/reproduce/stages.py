@@ -4,8 +4,8 @@
 round-robin step timing that sets the cost ratios), `select_on_holdout` and
 `choose_tested` (the recipe selection on held-out training images),
 `measure_holdout_curves` (robustness after each epoch there),
-`attack_tested` (the suite on the test set), `attack_headlines` (the
-`autoattack` cascade on more test images, for the selected recipe and the
+`attack_tested` (the suite on the test set), `attack_headlines` (cascades
+such as `autoattack` on more test images, for the selected recipe and the
 reference) and `measure_reference` (the reference's costs and its
 robustness after each epoch).
 """
@@ -18,6 +18,7 @@ from typing import Callable
 from sq_keras import jsonio
 from sq_keras import throughput
 from sq_keras import training
+from sq_keras.reproduce.attacking import HEADLINE_ATTACKS
 from sq_keras.reproduce.attacking import Suite
 from sq_keras.reproduce.attacking import attack_headline
 from sq_keras.reproduce.attacking import attack_variant
@@ -292,13 +293,18 @@ def headline_names(tested, holdout):
     return [v.name for v in tested if v.name in chosen or v.name == REFERENCE]
 
 
-def attack_headlines(suite, names, *, num_examples, eps, data_dir):
-    """`{name: headline report}` on the first `num_examples` test images
-    (none when 0); each resumes from its finished batches."""
+def attack_headlines(suite, names, *, num_examples, eps, data_dir, presets=HEADLINE_ATTACKS):
+    """`{name: {preset: headline report}}` on the first `num_examples` test
+    images (none when 0): each preset as its own cascade, every run's before
+    the next preset's; each resumes from its finished batches."""
     if not num_examples or not names:
         return {}
     examples = load_split(suite.dataset, "test", num_examples=num_examples, data_dir=data_dir)
-    return {name: attack_headline(suite, name, examples, eps=eps) for name in names}
+    headlines = {name: {} for name in names}
+    for preset in presets:
+        for name in names:
+            headlines[name][preset] = attack_headline(suite, name, examples, eps=eps, preset=preset)
+    return headlines
 
 
 @dataclasses.dataclass(frozen=True)

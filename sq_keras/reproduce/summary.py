@@ -16,8 +16,8 @@ holds.
 
 One row per variant attacked on the test set: clean accuracy, plain PGD,
 the strongest BPDA attack, Square, transfer, the worst case over the whole
-suite, the `autoattack` cascade on more test images (the headline, where a
-row has one), the held-out worst case, how many masking checks failed and
+suite, each headline cascade (such as `autoattack`) on more test images
+(where a row has one), the held-out worst case, how many masking checks failed and
 the training cost against the reference. The candidates screened on
 held-out images only follow in one sentence.
 """
@@ -76,12 +76,17 @@ def _reach(row):
     return "never reached" if reach is None else f"{reach:.1f}x"
 
 
-def _headline_examples(rows):
-    counts = {r["headline"]["num_examples"] for r in rows if r.get("headline")}
-    return max(counts) if counts else None
+def _headline_columns(rows):
+    """`[(preset, images)]` of every headline some row has, the most images
+    any row has it on."""
+    counts = {}
+    for r in rows:
+        for preset, head in r.get("headlines", {}).items():
+            counts[preset] = max(counts.get(preset, 0), head["num_examples"])
+    return list(counts.items())
 
 
-def _header(payload, rows, *, headline, holdout):
+def _header(payload, rows, *, headlines, holdout):
     settings = payload["attack_settings"]
     tested = rows[0]["num_examples"]
     head = [
@@ -93,15 +98,14 @@ def _header(payload, rows, *, headline, holdout):
         "transfer",
         f"**worst case** ({tested} images)",
     ]
-    if headline:
-        head.append(f"`autoattack`, first {headline} images")
+    head += [f"`{preset}`, first {count} images" for preset, count in headlines]
     if holdout:
         head.append("held-out worst case")
     head += ["masking checks failed", "cost per epoch vs `pgd_at`", "speed-up to its robustness"]
     return [_line(head), "|" + "---|" * len(head)]
 
 
-def _row(row, selected, *, headline, holdout):
+def _row(row, selected, *, headlines, holdout):
     robust = row["robust_accuracy"]
     cells = [
         _label(row, selected),
@@ -112,8 +116,8 @@ def _row(row, selected, *, headline, holdout):
         _fmt(robust.get("transfer")),
         f"**{_fmt(row['worst_case_accuracy'])}**",
     ]
-    if headline:
-        head = row.get("headline")
+    for preset, _ in headlines:
+        head = row.get("headlines", {}).get(preset)
         cells.append(_fmt(head["worst_case_accuracy"], "{:.2f}") if head else "-")
     if holdout:
         cells.append(_fmt(row.get("holdout_worst_case_accuracy")))
@@ -160,10 +164,10 @@ def summary(payload):
         raise ValueError("No variant was attacked on the test set: there is no table to show.")
     selection = payload.get("selection") or {}
     selected = selection.get("selected")
-    headline = _headline_examples(tested)
+    headlines = _headline_columns(tested)
     holdout = any("holdout_worst_case_accuracy" in r for r in tested)
-    lines = _header(payload, tested, headline=headline, holdout=holdout)
-    lines += [_row(r, selected, headline=headline, holdout=holdout) for r in tested]
+    lines = _header(payload, tested, headlines=headlines, holdout=holdout)
+    lines += [_row(r, selected, headlines=headlines, holdout=holdout) for r in tested]
     return lines + _untested_sentence(rows, selection)
 
 

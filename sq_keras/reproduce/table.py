@@ -1,7 +1,8 @@
 """The rows of the comparison: one dict per variant, as the output JSON holds them.
 
 A row carries the variant's training cost, its test-set robustness (when it
-was attacked there), its held-out numbers (when it was a candidate) and its
+was attacked there), its headlines (each preset's cascade on more test
+images, where it has them), its held-out numbers (when it was a candidate) and its
 speed-ups against the reference: per epoch, from the round-robin step times,
 and to reach its own robustness, from the reference's curve; candidates also
 carry their robustness after each epoch on the held-out images and the
@@ -64,7 +65,7 @@ def _test_results(report):
 
 
 def _headline(report):
-    """The row's headline: the cascade's accuracy after each attack and at the end."""
+    """One headline of a row: the cascade's accuracy after each attack and at the end."""
     eps = eps_key(report["eps"])
     return {
         "attacks": list(report["attacks"]),
@@ -134,7 +135,7 @@ def row(
     holdout=None,
     holdout_curve=None,
     reference_holdout_curve=None,
-    headline=None,
+    headlines=None,
 ):
     """One variant's row.
 
@@ -148,7 +149,8 @@ def row(
         holdout_curve: Its robustness after each epoch on the held-out
             images (None: not measured).
         reference_holdout_curve: The reference's, on the same images.
-        headline: Its headline report (`attacking.attack_headline`), or None.
+        headlines: `{preset: headline report}` (`attacking.attack_headline`),
+            or None.
 
     Returns:
         The row dict, keys in the order the JSON records them.
@@ -160,8 +162,8 @@ def row(
     )
     if report is not None:
         cells.update(_test_results(report))
-    if headline is not None:
-        cells["headline"] = _headline(headline)
+    if headlines:
+        cells["headlines"] = {preset: _headline(r) for preset, r in headlines.items()}
     if holdout is not None:
         cells["holdout_worst_case_accuracy"] = holdout["worst_case_accuracy"]
         cells["holdout_clean_accuracy"] = holdout["clean_accuracy"]
@@ -201,7 +203,7 @@ def build_rows(
         reference: The `stages.Reference` or None.
         holdout: The `stages.Holdout` or None.
         holdout_curves: `{name: held-out curve}` (`stages.measure_holdout_curves`).
-        headlines: `{name: headline report}` (`stages.attack_headlines`).
+        headlines: `{name: {preset: headline report}}` (`stages.attack_headlines`).
     """
     held = holdout.reports if holdout is not None else {}
     curves = holdout_curves or {}
@@ -216,7 +218,7 @@ def build_rows(
             holdout=held.get(v.name),
             holdout_curve=curves.get(v.name),
             reference_holdout_curve=curves.get(REFERENCE) if v.name != REFERENCE else None,
-            headline=headlines.get(v.name),
+            headlines=headlines.get(v.name),
         )
         for v in variants
     ]

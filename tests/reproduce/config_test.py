@@ -17,6 +17,11 @@ class ComparisonConfigTest(parameterized.TestCase):
             {"headline_examples": -1},
             "`headline_examples` must be >= 0. Received: -1",
         ),
+        (
+            "repeated_headline_attacks",
+            {"headline_attacks": ("strong", "strong")},
+            "`headline_attacks` must be unique. Received: strong, strong",
+        ),
     )
     def test_bad_settings_are_refused(self, options, message):
         with self.assertRaisesRegex(ValueError, message):
@@ -27,6 +32,7 @@ class ComparisonConfigTest(parameterized.TestCase):
         self.assertEqual(config.attacks, ("strong",))
         self.assertEqual(config.settings, reproduce.DEFAULT_SETTINGS)
         self.assertEqual(config.eps, 0.2)
+        self.assertEqual(config.headline_attacks, ("autoattack",))
         held_out = reproduce.ComparisonConfig(
             **_REQUIRED, train_examples=100, holdout_examples=10, select_only=True
         )

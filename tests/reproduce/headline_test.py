@@ -1,5 +1,5 @@
-"""Tests for attacking a comparison's saved runs: the headline `autoattack`
-cascade and the suite's report of each variant, both resumable."""
+"""Tests for attacking a comparison's saved runs: the headline cascades and
+the suite's report of each variant, all resumable."""
 
 import glob
 import os
@@ -12,6 +12,7 @@ from sq_keras import jsonio
 from sq_keras import reproduce
 from sq_keras.layers import SoftQuantization
 from sq_keras.reproduce import attacking
+from tests import testing_utils
 
 
 def _quantized_run(runs_dir, name):
@@ -63,14 +64,14 @@ class HeadlineTest(absltest.TestCase):
         self.assertEqual(report["worst_case_accuracy"], after[-1])
 
         # The batches are described as apps.evaluate describes its runs.
-        batches = os.path.join(runs, "q", "evaluation", "headline_report_batches")
+        batches = os.path.join(runs, "q", "evaluation", "headline_autoattack_report_batches")
         manifest = jsonio.read_json(os.path.join(batches, "manifest.json"))
         target = evaluation.load_target(run_dir)
         described = evaluation.model_run(target, dataset="mnist", split="test", policy="float32")
         self.assertEqual({k: manifest[k] for k in described}, described)
 
         # Without its report, the stage reads every batch back: nothing is attacked.
-        os.remove(os.path.join(runs, "q", "evaluation", "headline_report.json"))
+        os.remove(os.path.join(runs, "q", "evaluation", "headline_autoattack_report.json"))
         files = sorted(glob.glob(os.path.join(batches, "*.npz")))
         self.assertNotEmpty(files)
         stamps = [os.path.getmtime(f) for f in files]
@@ -81,6 +82,75 @@ class HeadlineTest(absltest.TestCase):
         # A cached report on other images is refused.
         with self.assertRaisesRegex(ValueError, "holds a report on 20 test images.*Delete it"):
             attacking.attack_headline(suite, "q", examples.first(10), eps=0.3)
+
+
+class HeadlinePresetTest(absltest.TestCase):
+    def test_batches_of_apps_evaluate_resume_a_preset_with_transfer(self):
+        runs = self.create_tempdir().full_path
+        run_dir = _quantized_run(runs, "q")
+        source_dir = _quantized_run(runs, "pgd_at")
+        out = self.create_tempdir().full_path
+        result = testing_utils.run_app(
+            "apps.evaluate",
+            f"--model={run_dir}",
+            "--attacks=transfer",
+            f"--source_model={source_dir}",
+            "--eps=0.3",
+            "--noadd_large_eps",
+            "--worst_case_only",
+            "--num_examples=20",
+            "--seed=0",
+            f"--output={os.path.join(out, 'transfer.json')}",
+            "--noprogress",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        app_report = jsonio.read_json(os.path.join(out, "transfer.json"))
+        filename = attacking.headline_filename("transfer")
+        os.makedirs(os.path.join(run_dir, "evaluation"))
+        batches = os.path.join(run_dir, "evaluation", os.path.splitext(filename)[0] + "_batches")
+        os.rename(os.path.join(out, "transfer_batches"), batches)
+        files = sorted(glob.glob(os.path.join(batches, "*.npz")))
+        self.assertNotEmpty(files)
+        stamps = [os.path.getmtime(f) for f in files]
+
+        suite = attacking.Suite(
+            "mnist",
+            runs,
+            ["strong"],
+            attacking.DEFAULT_SETTINGS,
+            evaluation.load_target(source_dir),
+            "float32",
+            print,
+        )
+        examples = attacking.load_split("mnist", "test", num_examples=20)
+        report = attacking.attack_headline(suite, "q", examples, eps=0.3, preset="transfer")
+        # Every batch was read back, none attacked again.
+        self.assertEqual([os.path.getmtime(f) for f in files], stamps)
+        self.assertEqual(report["worst_case_accuracy"], app_report["worst_case_accuracy"])
+        self.assertEqual(report["robust_examples"], app_report["robust_examples"])
+        self.assertEqual(list(report["eps_values"]), [0.3])
+        self.assertEqual(report["requested_attacks"], ["transfer"])
+
+        # The reference is the source: it is not attacked with itself.
+        own = attacking.attack_headline(suite, "pgd_at", examples, eps=0.3, preset="transfer")
+        self.assertIn("transfer", own["skipped"])
+        manifest = jsonio.read_json(
+            os.path.join(
+                source_dir,
+                "evaluation",
+                os.path.splitext(filename)[0] + "_batches",
+                "manifest.json",
+            )
+        )
+        self.assertIsNone(manifest["source_model"])
+
+        # A cached headline of another preset is refused.
+        os.rename(
+            os.path.join(run_dir, "evaluation", filename),
+            os.path.join(run_dir, "evaluation", attacking.headline_filename("square")),
+        )
+        with self.assertRaisesRegex(ValueError, "report of the attacks transfer, not of square"):
+            attacking.attack_headline(suite, "q", examples, eps=0.3, preset="square")
 
 
 class VariantReportTest(absltest.TestCase):

@@ -32,7 +32,7 @@ class MarkdownTest(absltest.TestCase):
             "robust_accuracy": {"apgd_ce": 92.0, "square": 91.5},
             "worst_case_accuracy": 91.5,
         }
-        rows = [make_row("a", headline=headline), make_row("b")]
+        rows = [make_row("a", headlines={"autoattack": headline}), make_row("b")]
         page = markdown.markdown(rows, ["pgd"], 0.3)
         lines = table_lines(page)
         self.assertEqual(
@@ -40,9 +40,46 @@ class MarkdownTest(absltest.TestCase):
         )
         self.assertEqual(lines[6], "| a | 10000 | 99.30 | 92.00 | 91.50 | 91.50 |")
         self.assertEqual(len(lines), 7)
-        self.assertIn("as a cascade", page)
+        self.assertIn("`autoattack` as a cascade", page)
         no_headline = markdown.markdown([make_row("b")], ["pgd"], 0.3)
         self.assertNotIn("as a cascade", no_headline)
+
+    def test_one_headline_table_per_preset(self):
+        def head(attacks, worst, count):
+            return {
+                "attacks": attacks,
+                "num_examples": count,
+                "clean_accuracy": 99.0,
+                "robust_accuracy": {a: worst for a in attacks},
+                "worst_case_accuracy": worst,
+            }
+
+        rows = [
+            make_row(
+                "a",
+                headlines={
+                    "autoattack": head(["apgd_ce"], 92.5, 10000),
+                    "strong": head(["fgsm", "pgd"], 90.0, 10000),
+                },
+            ),
+            make_row("pgd_at", headlines={"strong": head(["fgsm", "pgd"], 89.0, 5000)}),
+        ]
+        page = markdown.markdown(rows, ["pgd"], 0.3)
+        autoattack = page.index("`autoattack` as a cascade")
+        strong = page.index("`strong` as a cascade")
+        self.assertLess(autoattack, strong)
+        # Each table has the rows that have its preset, with their own counts.
+        first = table_lines(page[autoattack:strong])
+        self.assertEqual(first[2:], ["| a | 10000 | 99.00 | 92.50 | 92.50 |"])
+        second = table_lines(page[strong:])
+        self.assertEqual(second[0], "| variant | N | clean | after fgsm | after pgd | worst case |")
+        self.assertEqual(
+            second[2:],
+            [
+                "| a | 10000 | 99.00 | 90.00 | 90.00 | 90.00 |",
+                "| pgd_at | 5000 | 99.00 | 89.00 | 89.00 | 89.00 |",
+            ],
+        )
 
     def test_speedup_cells(self):
         rows = [

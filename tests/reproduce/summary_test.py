@@ -42,7 +42,7 @@ class SummaryTest(absltest.TestCase):
             holdout_worst_case_accuracy=88.0,
             speedup_per_epoch_vs_pgd_at=14.104,
             speedup_to_reach_vs_pgd_at=8.46,
-            headline=headline,
+            headlines={"autoattack": headline},
         )
         header, rule, line = summary.summary(make_payload([row]))
         self.assertEqual(
@@ -58,6 +58,19 @@ class SummaryTest(absltest.TestCase):
             "| `b` (selected) | 99.5 | 93.1 | 90.1 | 89.7 | 95.4 | **89.4** | 90.12 | 88.0 "
             "| 2 | 1/14.1 | 8.5x |",
         )
+
+    def test_one_column_per_headline_preset(self):
+        autoattack = {"num_examples": 10000, "worst_case_accuracy": 92.52}
+        strong = {"num_examples": 10000, "worst_case_accuracy": 91.004}
+        rows = [
+            make_row("b", headlines={"autoattack": autoattack, "strong": strong}),
+            make_row("pgd_at", headlines={"autoattack": autoattack}),
+        ]
+        header, _, selected, reference = summary.summary(make_payload(rows))
+        self.assertIn("| `autoattack`, first 10000 images | `strong`, first 10000 images |", header)
+        self.assertIn("| **10.0** | 92.52 | 91.00 |", selected)
+        # A row without one of the headlines shows a dash there.
+        self.assertIn("| **10.0** | 92.52 | - |", reference)
 
     def test_reference_and_rows_without_a_column(self):
         reference = make_row("pgd_at", speedup_to_reach_vs_pgd_at=0.6)

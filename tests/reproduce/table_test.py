@@ -172,10 +172,14 @@ class RowTest(absltest.TestCase):
             "num_examples": 10000,
         }
         row = table.row(
-            self.variant, trained_run(), step_seconds=0.01, report=report(), headline=headline
+            self.variant,
+            trained_run(),
+            step_seconds=0.01,
+            report=report(),
+            headlines={"autoattack": headline},
         )
         self.assertEqual(
-            row["headline"],
+            row["headlines"]["autoattack"],
             {
                 "attacks": ["apgd_ce", "square"],
                 "num_examples": 10000,
@@ -187,7 +191,7 @@ class RowTest(absltest.TestCase):
         # The suite's row keeps its own (fewer) images.
         self.assertEqual((row["worst_case_accuracy"], row["num_examples"]), (60.0, 40))
         without = table.row(self.variant, trained_run(), step_seconds=0.01, report=report())
-        self.assertNotIn("headline", without)
+        self.assertNotIn("headlines", without)
 
     def test_rows_follow_the_variants(self):
         variants = [reproduce.Variant("a", "natural"), reproduce.Variant("b", "natural")]
