@@ -70,6 +70,7 @@ from sq_keras.evaluation.batch_store import BatchStore
 from sq_keras.evaluation.batch_store import StoreMismatch
 from sq_keras.evaluation.batch_store import batches_dir
 from sq_keras.evaluation.batch_store import file_digest
+from sq_keras.evaluation.batch_store import file_safe
 from sq_keras.evaluation.batch_store import model_run
 from sq_keras.evaluation.checks import SLACK
 from sq_keras.evaluation.checks import failed_checks
@@ -130,6 +131,7 @@ __all__ = [
     "batches_dir",
     "bpda_name",
     "file_digest",
+    "file_safe",
     "model_run",
     "eps_key",
     "evaluate",

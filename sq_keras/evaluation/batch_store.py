@@ -43,6 +43,13 @@ def batches_dir(output):
     return os.path.splitext(os.path.abspath(output))[0] + "_batches"
 
 
+def file_safe(name):
+    """`name` with every character but letters, digits, `_`, `.` and `-`
+    replaced by `-`, for use in a file name (`bpda_identity:pgd` ->
+    `bpda_identity-pgd`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
 def digest(*arrays):
     """sha256 of the arrays' dtypes, shapes and bytes (identifies examples)."""
     hasher = hashlib.sha256()
@@ -127,8 +134,7 @@ class BatchStore:
             os.remove(os.path.join(self.directory, MANIFEST))
 
     def _path(self, entry, eps, index):
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "-", entry)
-        return os.path.join(self.directory, f"{safe}_eps{eps:g}_batch{index:05d}.npz")
+        return os.path.join(self.directory, f"{file_safe(entry)}_eps{eps:g}_batch{index:05d}.npz")
 
     def load(self, entry, eps, index):
         """Batch `index` of `entry` at `eps` as a dict, or None if not finished."""

@@ -16,7 +16,6 @@ report = attack_variant(suite, variant, load_split("mnist", "test", num_examples
 
 import dataclasses
 import os
-import re
 from typing import Any
 from typing import Callable
 
@@ -162,7 +161,7 @@ def attack_variant(
 
 def headline_filename(preset):
     """The report file of the `preset` headline in a run's `evaluation/` folder."""
-    return f"headline_{re.sub(r'[^A-Za-z0-9_.-]', '-', preset)}_report.json"
+    return f"headline_{evaluation.file_safe(preset)}_report.json"
 
 
 def _cached_headline(path, preset, examples):
