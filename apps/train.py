@@ -138,11 +138,19 @@ _FREE_INIT = flags.DEFINE_enum(
     list(training.FREE_INITS),
     "free, sq_free: initial perturbations, uniform in [-eps, eps] or zeros.",
 )
+_FREE_MEMORY = flags.DEFINE_enum(
+    "free_memory",
+    _DEFAULTS.free_memory,
+    list(training.FREE_MEMORIES),
+    "free, sq_free: 'example' keeps each example's perturbation across epochs; 'none' keeps "
+    "none (each minibatch's perturbation lives through its --free_replays updates only).",
+)
 _FREE_MEMORY_DTYPE = flags.DEFINE_enum(
     "free_memory_dtype",
     _DEFAULTS.free_memory_dtype,
     list(training.MEMORY_DTYPES),
-    "free, sq_free: dtype of the perturbation memory (MNIST: 188 MB float32, 94 MB bfloat16).",
+    "free, sq_free: dtype of the perturbation memory (MNIST: 188 MB float32, 94 MB bfloat16, "
+    "47 MB int8 in steps of eps/127).",
 )
 _GRADNORM_WEIGHT = flags.DEFINE_float(
     "gradnorm_weight", _DEFAULTS.gradnorm_weight, "Weight of the gradnorm penalty."
@@ -230,6 +238,7 @@ def _train_config(policy):
         free_step_size=_FREE_STEP_SIZE.value,
         free_replays=_FREE_REPLAYS.value,
         free_init=_FREE_INIT.value,
+        free_memory=_FREE_MEMORY.value,
         free_memory_dtype=_FREE_MEMORY_DTYPE.value,
         hard_inference=_HARD_INFERENCE.value,
         train_examples=_TRAIN_EXAMPLES.value,

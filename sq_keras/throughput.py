@@ -61,7 +61,7 @@ def _input_stage(config, images, labels, num_train):
     """
     method = training.METHODS[config.method]
     batch_size = int(labels.shape[0])
-    if method.indexed:
+    if training.takes_indices(config):
         return lambda index: (
             images,
             labels,

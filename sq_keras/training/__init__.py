@@ -26,7 +26,8 @@ Layout of `model_dir`:
 
 Modules: `config` (`TrainConfig`, its defaults and checks), `methods` (the
 registry of methods), `steps` (one train step per kind), `free` (free
-adversarial training: the step and its per-example perturbation memory),
+adversarial training: the step), `perturbation_memory` (where it keeps each
+example's perturbation, or none), `seeding` (per-step seeds),
 `fast_backward` (a faster first-convolution input gradient for the steps),
 `schedules` (alpha per epoch, learning rate per step), `components` (the
 model, optimiser and step of a configuration), `metrics` (per-epoch
@@ -38,16 +39,21 @@ from sq_keras.training.components import build_optimizer
 from sq_keras.training.components import quantizer_settings
 from sq_keras.training.config import TrainConfig
 from sq_keras.training.errors import TrainingError
-from sq_keras.training.free import FREE_INITS
-from sq_keras.training.free import MEMORY_DTYPES
-from sq_keras.training.free import PerturbationMemory
+from sq_keras.training.free import FreeUpdate
 from sq_keras.training.free import build_free_step
 from sq_keras.training.free import shared_backward_model
 from sq_keras.training.loop import train
 from sq_keras.training.methods import METHODS
 from sq_keras.training.methods import Method
+from sq_keras.training.methods import takes_indices
 from sq_keras.training.metrics import evaluate_accuracy
 from sq_keras.training.metrics import input_gradient_stats
+from sq_keras.training.perturbation_memory import FREE_INITS
+from sq_keras.training.perturbation_memory import FREE_MEMORIES
+from sq_keras.training.perturbation_memory import MEMORY_DTYPES
+from sq_keras.training.perturbation_memory import MemoryBudgetError
+from sq_keras.training.perturbation_memory import PerturbationMemory
+from sq_keras.training.perturbation_memory import ReplayStart
 from sq_keras.training.rundir import RunDir
 from sq_keras.training.rundir import epoch_weights_path
 from sq_keras.training.schedules import ALPHA_SCHEDULES
@@ -65,12 +71,16 @@ from sq_keras.training.steps import gradnorm_loss
 __all__ = [
     "ALPHA_SCHEDULES",
     "FREE_INITS",
+    "FREE_MEMORIES",
+    "FreeUpdate",
     "LR_SCHEDULES",
     "LearningRate",
     "MEMORY_DTYPES",
     "METHODS",
     "Method",
+    "MemoryBudgetError",
     "PerturbationMemory",
+    "ReplayStart",
     "RunDir",
     "STEP_BUILDERS",
     "TrainConfig",
@@ -90,5 +100,6 @@ __all__ = [
     "learning_rate",
     "quantizer_settings",
     "shared_backward_model",
+    "takes_indices",
     "train",
 ]

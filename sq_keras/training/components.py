@@ -88,18 +88,14 @@ def build_components(config, info, strategy, *, num_train=None, steps_per_epoch=
         has a `state` dict of variables to checkpoint.
 
     Raises:
-        ValueError: An indexed method without `num_train`, or a non-constant
-            learning-rate schedule without `steps_per_epoch`.
+        ValueError: An indexed method with a per-example memory without
+            `num_train`, or a non-constant learning-rate schedule without
+            `steps_per_epoch`.
+        sq_keras.training.perturbation_memory.MemoryBudgetError: The
+            per-example memory would not fit in the host's memory.
     """
     method = METHODS[config.method]
-    extra = {}
-    if method.indexed:
-        if not num_train:
-            raise ValueError(
-                f"Method {config.method} keeps one perturbation per training example "
-                "and needs `num_train`, the size of the training set."
-            )
-        extra["num_train"] = num_train
+    extra = {"num_train": num_train} if method.indexed else {}
     with strategy.scope():
         model = models.build(
             config.model,

@@ -18,9 +18,11 @@ from sq_keras import attacks
 from sq_keras import data
 from sq_keras import distribute
 from sq_keras import models
-from sq_keras.training.free import FREE_INITS
-from sq_keras.training.free import MEMORY_DTYPES
 from sq_keras.training.methods import METHODS
+from sq_keras.training.methods import takes_indices
+from sq_keras.training.perturbation_memory import FREE_INITS
+from sq_keras.training.perturbation_memory import FREE_MEMORIES
+from sq_keras.training.perturbation_memory import MEMORY_DTYPES
 from sq_keras.training.schedules import ALPHA_SCHEDULES
 from sq_keras.training.schedules import LR_SCHEDULES
 
@@ -70,10 +72,15 @@ class TrainConfig:
             for MNIST, eps elsewhere).
         free_replays: `free` / `sq_free`: updates on each minibatch in a row,
             the perturbation carried from one to the next.
-        free_init: Initial perturbation memory of `free` / `sq_free`,
-            "uniform" in [-eps, eps] or "zeros".
-        free_memory_dtype: "float32" or "bfloat16" (half the memory) for the
-            perturbation memory.
+        free_init: Initial perturbation of `free` / `sq_free` (of the memory,
+            or of each minibatch without one), "uniform" in [-eps, eps] or
+            "zeros".
+        free_memory: "example" (one perturbation per training example, kept
+            across epochs; needs a dataset held in memory) or "none" (each
+            minibatch's perturbation carried across its `free_replays`
+            updates only; any dataset).
+        free_memory_dtype: "float32", "bfloat16" (half the memory) or "int8"
+            (a quarter: whole steps of eps / 127) for the perturbation memory.
         hard_inference: Export with the exact staircase at inference.
         train_examples: Use only the first N training examples (None: all).
         seed: Seeds weights, shuffling and noise.
@@ -126,6 +133,7 @@ class TrainConfig:
     free_step_size: float = None
     free_replays: int = 1
     free_init: str = "uniform"
+    free_memory: str = "example"
     free_memory_dtype: str = "float32"
     hard_inference: bool = False
     train_examples: int = None
@@ -229,11 +237,11 @@ def _in_unit_interval(field):
 
 def _per_example_state_fits(config):
     """A method with per-example state needs a dataset held in memory."""
-    if METHODS[config.method].indexed and data.get_info(config.dataset).streaming:
+    if takes_indices(config) and data.get_info(config.dataset).streaming:
         return (
             f"method {config.method} keeps one perturbation per training example and "
-            f"needs a dataset held in memory; {config.dataset} is streamed. Received: "
-            f"{config.method!r}"
+            f"needs a dataset held in memory; {config.dataset} is streamed (or pass "
+            f"free_memory='none' to keep none). Received: {config.method!r}"
         )
     return None
 
@@ -279,6 +287,7 @@ _CHECKS = (
     _check("free_step_size", lambda v: v is None or v > 0, "must be > 0"),
     _at_least("free_replays", 1),
     _one_of("free_init", FREE_INITS),
+    _one_of("free_memory", FREE_MEMORIES),
     _one_of("free_memory_dtype", MEMORY_DTYPES),
     _per_example_state_fits,
     _warmup_has_an_attack_to_ramp,

@@ -21,10 +21,17 @@ loss_sum, correct, n = step(images, labels, indices)  # indices into the trainin
 step.state               # {"perturbations": the memory's tf.Variable}, to checkpoint
 ```
 
-Memory cost: one value per training pixel, 60,000 x 784 for MNIST: 188 MB
-in float32 (94 MB in bfloat16), held by every replica and written into every
-checkpoint.
+Memory cost (`config.free_memory = "example"`): one value per training
+pixel, 60,000 x 784 for MNIST: 188 MB in float32, 94 MB in bfloat16, 47 MB
+in int8, held by every replica and written into every checkpoint. With
+`free_memory = "none"` there is no memory (`ReplayStart`): the step takes
+`step(images, labels)` and each minibatch's perturbation lives through its
+`free_replays` updates only. `sq_keras.RobustModel` runs the same update
+(`free_replica_step`) inside `fit`.
 """
+
+import dataclasses
+import typing
 
 import keras
 import tensorflow as tf
@@ -32,9 +39,12 @@ import tensorflow as tf
 from sq_keras import attacks
 from sq_keras.attacks.bpda import stand_in_derivative
 from sq_keras.training.fast_backward import fast_backward_model
-
-FREE_INITS = ("uniform", "zeros")
-MEMORY_DTYPES = ("float32", "bfloat16")
+from sq_keras.training.perturbation_memory import PerturbationMemory
+from sq_keras.training.perturbation_memory import ReplayStart
+from sq_keras.training.perturbation_memory import check_memory_fits
+from sq_keras.training.perturbation_memory import initial_memory
+from sq_keras.training.perturbation_memory import memory_variable
+from sq_keras.training.seeding import step_seed
 
 
 def shared_backward_model(model, *, stand_in="identity", smooth_alpha=10.0):
@@ -75,7 +85,7 @@ def _straight_through(layer, stand_in, smooth_alpha):
     return keras.layers.Lambda(forward, name=name, dtype=layer.dtype_policy)
 
 
-def loss_and_gradients(model_fn, variables, images, labels, *, scale=None):
+def loss_and_gradients(model_fn, variables, images, labels, *, scale=None, regularization=None):
     """One backward pass: the weight gradients and the input gradient together.
 
     Args:
@@ -85,17 +95,24 @@ def loss_and_gradients(model_fn, variables, images, labels, *, scale=None):
             trainable ones.
         images: float32 `[N, H, W, C]`.
         labels: int `[N]`.
-        scale: Optional map of the summed cross-entropy to the loss to
-            differentiate (the step divides by the global batch and applies
-            the optimiser's loss scale); None keeps the sum.
+        scale: Optional map of the summed loss to the loss to differentiate
+            (the step divides by the global batch and applies the
+            optimiser's loss scale); None keeps the sum.
+        regularization: Optional callable returning the model's
+            regularization losses (a list of scalars), read after the
+            forward pass; each example carries them once.
 
     Returns:
-        `(per_example_losses, logits, variable_gradients, input_gradient)`.
+        `(per_example_losses, logits, variable_gradients, input_gradient)`;
+        the per-example losses include the regularization.
     """
     with tf.GradientTape() as tape:
         tape.watch(images)
         logits = tf.cast(model_fn(images), tf.float32)
         per_example = attacks.cross_entropy_loss(logits, labels)
+        extra = regularization() if regularization is not None else []
+        if extra:
+            per_example += tf.cast(tf.add_n(extra), per_example.dtype)
         total = tf.reduce_sum(per_example)
         if scale is not None:
             total = scale(total)
@@ -119,135 +136,163 @@ def signed_step(x_adv, gradient, images, *, eps, step_size, skip_non_finite=True
     return attacks.clip_to_bounds(attacks.project_linf(moved, images, eps))
 
 
-class PerturbationMemory:
-    """One l-inf perturbation per training example, kept across epochs.
+def make_memory(config, *, num_train, image_shape):
+    """The `config.free_memory` kind of memory, its variable created in the current scope.
 
-    A non-trainable `tf.Variable` `[num_train, H, W, C]` (float32 or
-    bfloat16). Created under a `tf.distribute` strategy's scope it is a
-    mirrored variable, one copy per replica, with no aggregation: each
-    replica gathers the whole global batch's indices and perturbations
-    (`all_gather`) and applies the same scatter to its own copy, so the
-    copies stay identical and a step over several replicas writes what a
-    single-device step writes.
+    Returns:
+        A `PerturbationMemory` over a new `tf.Variable` for "example", a
+        `ReplayStart` for "none".
 
-    Args:
-        num_train: Training examples (the indices run over `[0, num_train)`).
-        image_shape: `(H, W, C)`.
-        eps: Radius; "uniform" draws the initial perturbations in [-eps, eps].
-        init: "uniform" or "zeros".
-        dtype: "float32" or "bfloat16".
-        seed: Integer seed of the uniform initialisation.
+    Raises:
+        MemoryBudgetError: The memory would not fit in the host's memory.
+        ValueError: "example" without `num_train`.
+    """
+    if config.free_memory == "none":
+        return ReplayStart(eps=config.eps, init=config.free_init, seed=config.seed)
+    if not num_train:
+        raise ValueError(
+            f"Method {config.method} keeps one perturbation per training example and needs "
+            "`num_train`, the size of the training set (or free_memory='none')."
+        )
+    check_memory_fits(num_train, image_shape, config.free_memory_dtype)
+    initial = initial_memory(
+        num_train,
+        image_shape,
+        eps=config.eps,
+        init=config.free_init,
+        dtype=config.free_memory_dtype,
+        seed=config.seed,
+    )
+    return PerturbationMemory(memory_variable(initial), eps=config.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeUpdate:
+    """The free update of `variables`, run in a replica context.
+
+    Attributes:
+        model_fn: Images -> logits in training mode, from a
+            `shared_backward_model`.
+        optimizer: The optimiser of `variables`.
+        variables: The trained variables (the model's trainable ones).
+        config: A resolved `TrainConfig` (`eps`, `free_step_size`,
+            `free_replays`).
+        regularization: Optional callable returning the model's
+            regularization losses (see `loss_and_gradients`).
     """
 
-    def __init__(self, num_train, image_shape, *, eps, init="uniform", dtype="float32", seed=0):
-        if init not in FREE_INITS:
-            raise ValueError(f"`init` must be one of {FREE_INITS}. Received: init={init!r}")
-        if dtype not in MEMORY_DTYPES:
-            raise ValueError(f"`dtype` must be one of {MEMORY_DTYPES}. Received: dtype={dtype!r}")
-        shape = (int(num_train), *image_shape)
-        if init == "zeros":
-            initial = tf.zeros(shape, dtype)
-        else:
-            seed = tf.constant([seed, 7_919], tf.int64)
-            initial = tf.cast(tf.random.stateless_uniform(shape, seed, -eps, eps), dtype)
-        self.variable = tf.Variable(
-            initial,
-            trainable=False,
-            name="perturbations",
-            synchronization=tf.VariableSynchronization.ON_WRITE,
-            aggregation=tf.VariableAggregation.NONE,
-        )
+    model_fn: typing.Callable
+    optimizer: keras.optimizers.Optimizer
+    variables: list
+    config: object
+    regularization: typing.Callable = None
 
-    def start(self, images, indices, *, eps):
-        """The examples' stored perturbed images, projected into the eps-ball and [0, 1]."""
-        delta = tf.cast(tf.gather(self.variable, indices), images.dtype)
-        return attacks.clip_to_bounds(attacks.project_linf(images + delta, images, eps))
+    def replays(self, x_adv, images, labels):
+        """`config.free_replays` updates, each on the last one's perturbed batch.
 
-    def store(self, indices, x_adv, images):
-        """Keeps `x_adv - images` for the examples `indices` (in replica context)."""
+        Each update scales the summed loss by the global batch size (and the
+        optimiser's loss scale) and moves `x_adv` one signed step of
+        `config.free_step_size`, back into the eps-ball around `images`.
+
+        Returns:
+            `(x_adv, per_example_losses, logits)`: the last perturbed batch,
+            and every replay's losses and logits, concatenated in order.
+        """
         context = tf.distribute.get_replica_context()
-        delta = tf.cast(x_adv - images, self.variable.dtype)
-        all_indices = context.all_gather(indices, axis=0)
-        all_deltas = context.all_gather(delta, axis=0)
-        self.variable.scatter_update(tf.IndexedSlices(all_deltas, all_indices))
+        global_n = tf.cast(context.all_reduce("SUM", tf.shape(labels)[0]), tf.float32)
+        losses, all_logits = [], []
+        for _ in range(self.config.free_replays):  # unrolled in the graph: m is a handful
+            x_adv, per_example, logits = self._update(x_adv, images, labels, global_n)
+            losses.append(per_example)
+            all_logits.append(logits)
+        return x_adv, tf.concat(losses, axis=0), tf.concat(all_logits, axis=0)
+
+    def _update(self, x_adv, images, labels, global_n):
+        optimizer = self.optimizer
+        per_example, logits, grads, input_grad = loss_and_gradients(
+            self.model_fn,
+            self.variables,
+            x_adv,
+            labels,
+            scale=lambda total: optimizer.scale_loss(total / global_n),
+            regularization=self.regularization,
+        )
+        optimizer.apply_gradients(zip(grads, self.variables))
+        x_next = signed_step(
+            x_adv,
+            input_grad,
+            images,
+            eps=self.config.eps,
+            step_size=self.config.free_step_size,
+            skip_non_finite=isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
+        )
+        return x_next, per_example, logits
+
+    def replica_step(self, memory, images, labels, indices=None):
+        """One replica's free step: start from `memory`, update, store.
+
+        Args:
+            memory: A `PerturbationMemory` or `ReplayStart`.
+            indices: The examples' indices in the training set (None
+                without a memory).
+
+        Returns:
+            `(per_example_losses, logits)` of every replay, concatenated.
+        """
+        seed = step_seed(self.optimizer)
+        images = tf.cast(images, tf.float32)
+        x_adv = memory.start(images, indices, seed)
+        x_adv, per_example, logits = self.replays(x_adv, images, labels)
+        memory.store(indices, x_adv, images)
+        return per_example, logits
 
 
 class FreeStep:
     """The free train step: `step(images, labels, indices)`.
 
     Returns `(loss_sum, num_correct, num_examples)` summed over replicas and
-    replays (each replay counts its examples once more).
+    replays (each replay counts its examples once more). Without a memory
+    (`free_memory="none"`) `indices` may be left out.
 
     Attributes:
-        memory: The `PerturbationMemory`.
+        memory: The `PerturbationMemory` or `ReplayStart`.
         state: What a checkpoint must hold besides model and optimiser.
     """
 
     def __init__(self, memory, step):
         self.memory = memory
-        self.state = {"perturbations": memory.variable}
+        self.state = dict(memory.state)
         self._step = step
 
-    def __call__(self, images, labels, indices):
+    def __call__(self, images, labels, indices=None):
         return self._step(images, labels, indices)
 
 
-def build_free_step(model, optimizer, config, strategy, *, num_train):
+def build_free_step(model, optimizer, config, strategy, *, num_train=None):
     """Free adversarial training of `model` on a training set of `num_train` examples.
 
     Uses `config.eps`, `config.free_step_size`, `config.free_replays`,
-    `config.free_init`, `config.free_memory_dtype`, `config.stand_in` and
-    `config.seed`. Call under `strategy.scope()`.
+    `config.free_init`, `config.free_memory`, `config.free_memory_dtype`,
+    `config.stand_in` and `config.seed`. Call under `strategy.scope()`.
 
     Returns:
         A `FreeStep`.
+
+    Raises:
+        MemoryBudgetError: The memory would not fit in the host's memory.
     """
     model_fn = shared_backward_model(model, stand_in=config.stand_in)
-    memory = PerturbationMemory(
-        num_train,
-        model.input_shape[1:],
-        eps=config.eps,
-        init=config.free_init,
-        dtype=config.free_memory_dtype,
-        seed=config.seed,
+    memory = make_memory(config, num_train=num_train, image_shape=model.input_shape[1:])
+    update = FreeUpdate(
+        lambda x: model_fn(x, training=True), optimizer, model.trainable_variables, config
     )
-    variables = model.trainable_variables
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def update(x_adv, images, labels, global_n):
-        """One optimiser update on `x_adv`; the next `x_adv`, loss sum and hits."""
-        per_example, logits, grads, input_grad = loss_and_gradients(
-            lambda x: model_fn(x, training=True),
-            variables,
-            x_adv,
-            labels,
-            scale=lambda total: optimizer.scale_loss(total / global_n),
-        )
-        optimizer.apply_gradients(zip(grads, variables))
-        x_next = signed_step(
-            x_adv,
-            input_grad,
-            images,
-            eps=config.eps,
-            step_size=config.free_step_size,
-            skip_non_finite=loss_scaled,
-        )
-        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.int32))
-        return x_next, tf.reduce_sum(per_example), correct
 
     def replica_step(images, labels, indices):
-        context = tf.distribute.get_replica_context()
-        local_n = tf.shape(labels)[0]
-        global_n = tf.cast(context.all_reduce("SUM", local_n), tf.float32)
-        images = tf.cast(images, tf.float32)
-        x_adv = memory.start(images, indices, eps=config.eps)
-        loss_sum, correct = tf.constant(0.0), tf.constant(0)
-        for _ in range(config.free_replays):  # unrolled in the graph: m is a handful
-            x_adv, batch_loss, batch_correct = update(x_adv, images, labels, global_n)
-            loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
-        memory.store(indices, x_adv, images)
-        return loss_sum, correct, local_n * config.free_replays
+        per_example, logits = update.replica_step(memory, images, labels, indices)
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        replayed = tf.tile(labels, [config.free_replays])
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, replayed), tf.int32))
+        return tf.reduce_sum(per_example), correct, tf.shape(per_example)[0]
 
     @tf.function(jit_compile=False, reduce_retracing=True)
     def step(images, labels, indices):

@@ -24,6 +24,7 @@ from sq_keras import provenance
 from sq_keras.training.components import build_components
 from sq_keras.training.errors import TrainingError
 from sq_keras.training.methods import METHODS
+from sq_keras.training.methods import takes_indices
 from sq_keras.training.metrics import evaluate_accuracy
 from sq_keras.training.metrics import input_gradient_stats
 from sq_keras.training.rundir import RunDir
@@ -90,9 +91,8 @@ def _setup(config, strategy):
     if strategy is None:
         strategy = distribute.make_strategy(config.strategy)
     info = data.get_info(config.dataset)
-    method = METHODS[config.method]
     source = data.load_training_data(
-        config, info, add_noise=method.noise, with_indices=method.indexed
+        config, info, add_noise=METHODS[config.method].noise, with_indices=takes_indices(config)
     )
     return _Run(config, info, strategy, source, _open_run_dir(config, strategy))
 
@@ -140,6 +140,9 @@ def _log_start(run, log):
         f"({run.steps_per_epoch} steps each), policy {config.mixed_precision}, "
         f"{run.strategy.num_replicas_in_sync} replica(s)."
     )
+    memory = getattr(run.step, "memory", None)
+    if memory is not None:
+        log(memory.describe())
 
 
 def _epoch_title(config, epoch, alpha):

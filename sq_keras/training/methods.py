@@ -60,3 +60,11 @@ METHODS = {
         indexed=True,
     ),
 }
+
+
+def takes_indices(config):
+    """Whether `config`'s step takes each example's index: an indexed method with a memory.
+
+    `free` / `sq_free` with `free_memory="none"` keep no per-example state.
+    """
+    return METHODS[config.method].indexed and config.free_memory == "example"

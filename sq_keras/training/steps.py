@@ -33,6 +33,7 @@ from sq_keras import layers
 from sq_keras.training.fast_backward import fast_backward_model
 from sq_keras.training.fast_backward import speeds_up
 from sq_keras.training.free import build_free_step
+from sq_keras.training.seeding import step_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +55,6 @@ class Objective:
     def compute_loss(self, images, labels, seed):
         """`loss(craft(images, labels, seed), labels)`."""
         return self.loss(self.craft(images, labels, seed), labels)
-
-
-def step_seed(optimizer):
-    """An int64 seed distinct per optimizer step and per replica.
-
-    Called in a replica context (under `strategy.run`, or anywhere under the
-    default strategy).
-    """
-    context = tf.distribute.get_replica_context()
-    return tf.cast(optimizer.iterations, tf.int64) * 1024 + tf.cast(
-        context.replica_id_in_sync_group, tf.int64
-    )
 
 
 def apply_update(model, optimizer, compute_loss, images, labels):

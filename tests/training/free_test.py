@@ -90,14 +90,14 @@ class SharedBackwardPassTest(parameterized.TestCase):
 
 
 class PerturbationMemoryTest(parameterized.TestCase):
-    @parameterized.parameters("float32", "bfloat16")
+    @parameterized.parameters("float32", "bfloat16", "int8")
     def test_perturbed_examples_stay_in_the_eps_ball_and_raise_the_loss(self, dtype):
         images, labels = _mnist(128)
         model, _, step = _components(num_train=256, free_memory_dtype=dtype)
         indices = np.arange(128)
         for _ in range(3):
             step(images, labels, indices)
-        perturbed = step.memory.start(tf.constant(images), indices, eps=EPS).numpy()
+        perturbed = step.memory.start(tf.constant(images), indices).numpy()
         delta = perturbed - images
         self.assertLessEqual(np.abs(delta).max(), EPS + 1e-6)
         self.assertGreater(np.abs(delta).mean(), EPS / 3)
@@ -110,14 +110,50 @@ class PerturbationMemoryTest(parameterized.TestCase):
             _cross_entropy(model, perturbed, labels), _cross_entropy(model, noisy, labels) + 0.1
         )
         memory = step.memory.variable.numpy().astype(np.float32)
-        if dtype == "float32":  # bfloat16 rounds eps = 0.3 up to 0.30078
+        if dtype == "int8":
+            memory *= EPS / 127
+        if dtype != "bfloat16":  # bfloat16 rounds eps = 0.3 up to 0.30078
+            # int8 rounds to the nearest step of eps / 127; `start` clips again.
+            slack = EPS / 254 if dtype == "int8" else 0.0
             self.assertLessEqual(np.abs(memory[:128]).max(), EPS + 1e-6)
-            self.assertGreaterEqual((images + memory[:128]).min(), -1e-6)
-            self.assertLessEqual((images + memory[:128]).max(), 1.0 + 1e-6)
+            self.assertGreaterEqual((images + memory[:128]).min(), -slack - 1e-6)
+            self.assertLessEqual((images + memory[:128]).max(), 1.0 + slack + 1e-6)
         # Examples not visited keep their uniform start in [-eps, eps].
         unseen = memory[128:]
         self.assertLessEqual(np.abs(unseen).max(), EPS * (1 + 2**-8))
         self.assertAlmostEqual(np.abs(unseen).mean(), EPS / 2, delta=0.01)
+
+    def test_int8_memory_stays_on_its_grid_of_eps_over_127(self):
+        images, labels = _mnist(64)
+        _, _, step = _components(num_train=64, free_memory_dtype="int8", free_step_size=0.037)
+        for _ in range(2):
+            step(images, labels, np.arange(64))
+        stored = step.memory.variable.numpy()
+        self.assertEqual(stored.dtype, np.int8)
+        self.assertLessEqual(np.abs(stored.astype(int)).max(), 127)
+        self.assertGreater(len(np.unique(stored)), 100)  # steps of 0.037 land between the levels
+        # The start is the image plus a whole number of steps of eps / 127
+        # wherever [0, 1] does not clip it.
+        x = tf.constant(images)
+        delta = step.memory.start(x, np.arange(64)).numpy() - images
+        levels = delta / (EPS / 127)
+        inside = (images + stored * (EPS / 127) > 0) & (images + stored * (EPS / 127) < 1)
+        np.testing.assert_allclose(levels[inside], stored[inside], atol=1e-3)
+
+    def test_a_stored_perturbation_comes_back_within_half_a_level(self):
+        memory = training.PerturbationMemory(
+            training.perturbation_memory.memory_variable(
+                training.perturbation_memory.initial_memory(
+                    4, (28, 28, 1), eps=EPS, init="zeros", dtype="int8"
+                )
+            ),
+            eps=EPS,
+        )
+        images = tf.fill((4, 28, 28, 1), 0.5)
+        x_adv = images + tf.random.stateless_uniform(images.shape, [1, 2], -EPS, EPS)
+        memory.store(tf.range(4), x_adv, images)
+        back = memory.start(images, tf.range(4)).numpy()
+        self.assertLessEqual(np.abs(back - x_adv.numpy()).max(), EPS / 127 / 2 + 1e-6)
 
     @parameterized.parameters(1, 3)
     def test_replays_carry_the_perturbation_from_one_update_to_the_next(self, replays):
@@ -140,6 +176,35 @@ class PerturbationMemoryTest(parameterized.TestCase):
         memory = step.memory.variable.numpy()
         self.assertTrue(np.all(memory[:50] == 0) and np.all(memory[82:] == 0))
         self.assertGreater(np.abs(memory[50:82]).mean(), 0.05)
+
+
+class ReplayWithoutMemoryTest(absltest.TestCase):
+    def test_the_step_takes_no_indices_and_keeps_no_state(self):
+        images, labels = _mnist(64)
+        _, optimizer, step = _components(num_train=None, free_memory="none", free_replays=3)
+        self.assertEqual(step.state, {})
+        self.assertIsInstance(step.memory, training.ReplayStart)
+        loss_sum, _, n = step(images, labels)
+        self.assertEqual(int(n), 3 * 64)
+        self.assertEqual(int(optimizer.iterations), 3)
+        self.assertTrue(np.isfinite(float(loss_sum)))
+
+    def test_each_minibatch_starts_afresh_and_its_replays_carry_the_perturbation(self):
+        images, labels = _mnist(64)
+        frozen = dict(free_memory="none", free_init="zeros", learning_rate=1e-12)
+        _, _, once = _components(num_train=None, free_replays=1, **frozen)
+        clean_loss = float(once(images, labels)[0])
+        # No memory: the same batch again starts from the clean images again.
+        self.assertAlmostEqual(float(once(images, labels)[0]), clean_loss, places=2)
+        _, _, twice = _components(num_train=None, free_replays=2, **frozen)
+        # The second replay trains on the first one's perturbed batch.
+        self.assertGreater(float(twice(images, labels)[0]), 2 * clean_loss + 2.0)
+
+    def test_a_streamed_dataset_trains_without_a_memory(self):
+        config = training.TrainConfig(
+            dataset="imagenet2012", method="sq_free", free_memory="none"
+        ).resolved()
+        self.assertFalse(training.takes_indices(config))
 
 
 class SignedStepTest(parameterized.TestCase):

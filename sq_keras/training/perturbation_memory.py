@@ -1,0 +1,260 @@
+"""Where free adversarial training keeps each example's perturbation between visits.
+
+Two kinds, both with `start(images, indices, seed)` (the perturbed images an
+update starts from) and `store(indices, x_adv, images)`:
+
+- `PerturbationMemory` ("example"): one l-inf perturbation per training
+  example, found by the example's index in the training set, kept across
+  epochs (Zheng et al. 2020, ATTA). Its size is `examples x pixels x bytes`
+  per copy: `memory_bytes` computes it and `check_memory_fits` refuses one
+  that would not fit, naming the alternatives.
+- `ReplayStart` ("none"): no memory at all. Each minibatch starts from a
+  fresh random (or zero) perturbation, carried only across its
+  `free_replays` updates (Shafahi et al. 2019's minibatch replay); for
+  training sets too large to keep one value per pixel.
+
+```python
+variable = tf.Variable(initial_memory(60_000, (28, 28, 1), eps=0.3, dtype="int8"), ...)
+memory = PerturbationMemory(variable, eps=0.3)
+x_adv = memory.start(images, indices, seed)      # inside the eps-ball and [0, 1]
+memory.store(indices, x_adv, images)             # in a replica context
+```
+
+The "int8" dtype keeps each perturbation as a whole number of steps of
+`eps / 127`: a quarter of float32's memory, exact to that grid (a stored
+perturbation is rounded to it).
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from sq_keras import attacks
+
+FREE_INITS = ("uniform", "zeros")
+FREE_MEMORIES = ("example", "none")
+MEMORY_DTYPES = ("float32", "bfloat16", "int8")
+# int8 memory: a perturbation is a whole number of steps of eps / INT8_LEVELS.
+INT8_LEVELS = 127
+# The memory may take at most this share of the host's available memory.
+MEMORY_BUDGET_FRACTION = 0.5
+
+
+class MemoryBudgetError(ValueError):
+    """A perturbation memory larger than the memory this host can give it."""
+
+
+def memory_bytes(num_examples, image_shape, dtype, *, shards=1):
+    """Bytes of one shard of a memory of `num_examples` perturbations.
+
+    Args:
+        num_examples: Training examples.
+        image_shape: `(H, W, C)`.
+        dtype: One of `MEMORY_DTYPES`.
+        shards: Parts the examples are split into (one per worker); each
+            holds `ceil(num_examples / shards)` of them.
+    """
+    per_shard = -(-int(num_examples) // int(shards))
+    return per_shard * int(np.prod(image_shape)) * np.dtype(_numpy_dtype(dtype)).itemsize
+
+
+def _numpy_dtype(dtype):
+    return np.float16 if dtype == "bfloat16" else dtype  # same itemsize as bfloat16
+
+
+def describe_memory(num_examples, image_shape, dtype, *, shards=1):
+    """One line: the memory's shape, dtype and size, e.g. for a run's log."""
+    size = memory_bytes(num_examples, image_shape, dtype, shards=shards)
+    where = f" per shard of {shards}" if shards > 1 else ""
+    return (
+        f"Perturbation memory: {num_examples} x {'x'.join(map(str, image_shape))} {dtype} "
+        f"= {size / 1e6:.1f} MB{where}."
+    )
+
+
+def available_host_bytes():
+    """Memory the host can still give (`MemAvailable`), else its physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory_fits(num_examples, image_shape, dtype, *, shards=1, available=None):
+    """Raises `MemoryBudgetError` if the memory would take over half the available memory.
+
+    Args:
+        available: Bytes available; default `available_host_bytes()`.
+
+    Raises:
+        MemoryBudgetError: With the memory's size and the ways to shrink or
+            avoid it.
+    """
+    size = memory_bytes(num_examples, image_shape, dtype, shards=shards)
+    available = available_host_bytes() if available is None else available
+    if size <= MEMORY_BUDGET_FRACTION * available:
+        return
+    smaller = [
+        f"{d}: {memory_bytes(num_examples, image_shape, d, shards=shards) / 1e9:.2f} GB"
+        for d in MEMORY_DTYPES
+        if d != dtype
+    ]
+    raise MemoryBudgetError(
+        f"The perturbation memory would need {size / 1e9:.2f} GB ({num_examples} examples of "
+        f"{'x'.join(map(str, image_shape))} in {dtype}), more than "
+        f"{MEMORY_BUDGET_FRACTION:.0%} of the {available / 1e9:.2f} GB available. Use a "
+        f"smaller memory dtype (free_memory_dtype {', '.join(smaller)}), shard it over more "
+        "workers, or keep no memory (free_memory='none': each minibatch's perturbation "
+        "carried across its free_replays updates only)."
+    )
+
+
+def _uniform(shape, eps, seed):
+    """Uniform in [-eps, eps], keyed by an int64 `[2]` seed."""
+    return tf.random.stateless_uniform(shape, seed, -eps, eps)
+
+
+def _encode(delta, dtype, eps):
+    """float32 perturbations -> the memory's dtype (int8: steps of eps / 127)."""
+    if dtype == "int8":
+        steps = tf.round(delta * (INT8_LEVELS / eps))
+        return tf.cast(tf.clip_by_value(steps, -INT8_LEVELS, INT8_LEVELS), tf.int8)
+    return tf.cast(delta, dtype)
+
+
+def _decode(stored, eps):
+    """The memory's values -> float32 perturbations."""
+    if stored.dtype == tf.int8:
+        return tf.cast(stored, tf.float32) * (eps / INT8_LEVELS)
+    return tf.cast(stored, tf.float32)
+
+
+def initial_memory(num_train, image_shape, *, eps, init="uniform", dtype="float32", seed=0):
+    """The memory's initial value: `[num_train, *image_shape]` in `dtype`.
+
+    Args:
+        init: "uniform" (in [-eps, eps], keyed by `seed`) or "zeros".
+
+    Raises:
+        ValueError: An unknown `init` or `dtype`.
+    """
+    if init not in FREE_INITS:
+        raise ValueError(f"`init` must be one of {FREE_INITS}. Received: init={init!r}")
+    if dtype not in MEMORY_DTYPES:
+        raise ValueError(f"`dtype` must be one of {MEMORY_DTYPES}. Received: dtype={dtype!r}")
+    shape = (int(num_train), *image_shape)
+    if init == "zeros":
+        return tf.zeros(shape, dtype)
+    delta = _uniform(shape, eps, tf.constant([seed, 7_919], tf.int64))
+    return _encode(delta, dtype, eps)
+
+
+def memory_variable(initial):
+    """A non-trainable `tf.Variable` holding `initial`, mirrored without aggregation.
+
+    Created under a `tf.distribute` strategy's scope it has one copy per
+    replica; `PerturbationMemory.store` keeps the copies identical.
+    """
+    return tf.Variable(
+        initial,
+        trainable=False,
+        name="perturbations",
+        synchronization=tf.VariableSynchronization.ON_WRITE,
+        aggregation=tf.VariableAggregation.NONE,
+    )
+
+
+def _start_from(images, delta, eps):
+    return attacks.clip_to_bounds(attacks.project_linf(images + delta, images, eps))
+
+
+class PerturbationMemory:
+    """One l-inf perturbation per training example, kept across epochs.
+
+    Wraps a variable `[num_train, H, W, C]` (float32, bfloat16 or int8, see
+    `initial_memory`; a `tf.Variable` or a Keras variable). Under a
+    `tf.distribute` strategy the variable is mirrored, one copy per replica,
+    with no aggregation: each replica gathers the whole global batch's
+    indices and perturbations (`all_gather`) and applies the same scatter to
+    its own copy, so the copies stay identical and a step over several
+    replicas writes what a single-device step writes.
+
+    Args:
+        variable: The memory.
+        eps: Radius of the perturbations (and of int8's grid).
+    """
+
+    takes_indices = True
+
+    def __init__(self, variable, *, eps):
+        self.variable = variable
+        self.eps = eps
+        self.state = {"perturbations": variable}
+
+    def describe(self):
+        """One line: the memory's shape, dtype and size."""
+        shape = tuple(self.variable.shape)
+        return describe_memory(shape[0], shape[1:], self._tf_variable().dtype.name)
+
+    def _tf_variable(self):
+        # A Keras variable keeps its tf.Variable as `.value`.
+        value = getattr(self.variable, "value", self.variable)
+        return value if isinstance(value, tf.Variable) else self.variable
+
+    def start(self, images, indices, seed=None):
+        """The examples' stored perturbed images, projected into the eps-ball and [0, 1]."""
+        del seed
+        delta = _decode(tf.gather(self._tf_variable(), indices), self.eps)
+        return _start_from(images, tf.cast(delta, images.dtype), self.eps)
+
+    def store(self, indices, x_adv, images):
+        """Keeps `x_adv - images` for the examples `indices` (in replica context)."""
+        context = tf.distribute.get_replica_context()
+        variable = self._tf_variable()
+        delta = _encode(tf.cast(x_adv - images, tf.float32), variable.dtype.name, self.eps)
+        all_indices = context.all_gather(indices, axis=0)
+        all_deltas = context.all_gather(delta, axis=0)
+        variable.scatter_update(tf.IndexedSlices(all_deltas, all_indices))
+
+
+class ReplayStart:
+    """No memory: each minibatch starts afresh, carried across its replays only.
+
+    Args:
+        eps: Radius.
+        init: "uniform" (in [-eps, eps], keyed by `seed` and the step's
+            seed) or "zeros".
+        seed: Integer seed of the run.
+    """
+
+    takes_indices = False
+    state = {}
+
+    def __init__(self, *, eps, init="uniform", seed=0):
+        if init not in FREE_INITS:
+            raise ValueError(f"`init` must be one of {FREE_INITS}. Received: init={init!r}")
+        self.eps, self.init, self.seed = eps, init, seed
+
+    def describe(self):
+        """One line: there is no memory."""
+        return (
+            "Perturbation memory: none (each minibatch's perturbation lives through its replays)."
+        )
+
+    def start(self, images, indices=None, seed=None):
+        """`images` plus the initial perturbation; `seed`: the step's int64 seed."""
+        del indices
+        if self.init == "zeros":
+            return images
+        key = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(seed, tf.int64)])
+        delta = tf.cast(_uniform(tf.shape(images), self.eps, key), images.dtype)
+        return _start_from(images, delta, self.eps)
+
+    def store(self, indices, x_adv, images):
+        """Keeps nothing."""
+        del indices, x_adv, images
