@@ -32,13 +32,17 @@ import dataclasses
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sq_keras import data
 from sq_keras import layers
+from sq_keras.training import free
+from sq_keras.training import perturbation_memory
 from sq_keras.training import steps
 from sq_keras.training.config import TrainConfig
 from sq_keras.training.methods import METHODS
+from sq_keras.training.methods import takes_indices
 
 # The `TrainConfig` fields that shape a method's training examples and loss;
 # `RobustModel` takes them as keyword arguments with the same defaults.
@@ -52,13 +56,26 @@ SETTINGS = (
     "stand_in",
     "gradnorm_weight",
     "eps_warmup_steps",
+    "free_step_size",
+    "free_replays",
+    "free_init",
+    "free_memory",
+    "free_memory_dtype",
     "seed",
 )
+# The inputs of a batch whose examples carry their index in the training set.
+IMAGES, INDICES = "images", "indices"
 
 
 def robust_methods():
-    """The methods `RobustModel` can train with: those with a per-example objective."""
-    return sorted(name for name, m in METHODS.items() if m.step in steps.OBJECTIVES)
+    """The methods `RobustModel` can train with: a per-example objective, or free training."""
+    return sorted(
+        name for name, m in METHODS.items() if m.step in steps.OBJECTIVES or m.step == "free"
+    )
+
+
+def _is_free(method):
+    return METHODS[method].step == "free"
 
 
 def _resolved_config(method, eps, settings):
@@ -136,6 +153,14 @@ def _checked_classifier(model, method, add_quantizer):
     return model
 
 
+def _checked_num_train(num_train):
+    if num_train is None:
+        return None
+    if isinstance(num_train, bool) or not isinstance(num_train, int) or num_train < 1:
+        raise ValueError(f"`num_train` must be a positive integer. Received: {num_train!r}")
+    return num_train
+
+
 def _built_input_shape(model):
     """The input shape `model` was built with; None while it is not built."""
     if not model.built:
@@ -146,12 +171,44 @@ def _built_input_shape(model):
         return (model.get_build_config() or {}).get("input_shape")
 
 
+def _with_index_inputs(x, method):
+    """Arrays of images -> `{"images": x, "indices": 0..N-1}`; a dict as it is.
+
+    Raises:
+        ValueError: Neither arrays of images nor a dict holding both keys.
+    """
+    if isinstance(x, dict):
+        if set(x) != {IMAGES, INDICES}:
+            raise ValueError(
+                f"Method {method} takes a dict input with the keys {IMAGES!r} and {INDICES!r}. "
+                f"Received keys: {sorted(x)}"
+            )
+        return x
+    if hasattr(x, "shape") and len(x.shape) == 4:
+        return {IMAGES: x, INDICES: np.arange(x.shape[0], dtype=np.int64)}
+    raise ValueError(
+        f"Method {method} keeps one perturbation per training example, found by the "
+        "example's index: pass fit() arrays of images (indexed 0..N-1 automatically), a dict "
+        f"{{{IMAGES!r}: images, {INDICES!r}: int indices}}, or a tf.data.Dataset made with "
+        "sq_keras.data.with_indices (and num_train=). "
+        f"Received: {type(x).__name__}"
+    )
+
+
+def _split_inputs(x):
+    """`(images, indices)` of a batch; indices None for plain images."""
+    if isinstance(x, dict):
+        return x[IMAGES], tf.cast(x[INDICES], tf.int64)
+    return x, None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
-    """What `RobustModel.compile` builds: the objective and its traced `craft`."""
+    """What `RobustModel.compile` builds: the objective (or free update) and `craft`."""
 
     objective: steps.Objective
     craft: object
+    free_update: free.FreeUpdate = None
 
 
 @keras.saving.register_keras_serializable(package="sq_keras")
@@ -167,6 +224,17 @@ class RobustModel(keras.Model):
     cross-entropy from logits). Compiled metrics are computed on the crafted
     examples, as `apps.train` reports its train accuracy.
 
+    The free methods (`sq_free`, `free`) run `apps.train`'s free step
+    instead: each `train_step` takes `free_replays` updates, every update's
+    backward pass also moving each example's perturbation one signed step.
+    With `free_memory="example"` (the default) the perturbations are kept per
+    training example across epochs in `perturbations`, a non-trainable
+    variable of the model that `save`, `ModelCheckpoint` and
+    `BackupAndRestore` save and restore; each batch must carry its examples'
+    indices (arrays given to `fit` are indexed automatically; a dataset
+    comes through `sq_keras.data.with_indices`). With `free_memory="none"`
+    nothing is kept and any input works.
+
     Works under a `tf.distribute` strategy scope and under a mixed-precision
     policy (`compile` wraps the optimizer in a `LossScaleOptimizer` under
     `mixed_float16`, whose loss scaling the step applies). Sample weights
@@ -175,17 +243,22 @@ class RobustModel(keras.Model):
     Args:
         model: A `keras.Model` mapping float32 images in [0, 1] to logits.
         method: One of `robust_methods()`: `sq_fgsm` (FGSM-RS through the
-            quantizer's BPDA stand-in), `sq_noisy`, `noisy`, `sq_natural`,
-            `natural`, `pgd_at`, `fgsm_rs`, `gradnorm` (see
-            `sq_keras.training.METHODS`).
+            quantizer's BPDA stand-in), `sq_free` (free adversarial training
+            through it, `apps.train`'s MNIST default), `free`, `sq_noisy`,
+            `noisy`, `sq_natural`, `natural`, `pgd_at`, `fgsm_rs`,
+            `gradnorm` (see `sq_keras.training.METHODS`).
         eps: Threat radius in [0, 1] pixel units (0.3 for MNIST).
         add_quantizer: When the model has no `SoftQuantization` layer:
             False leaves it as it is (methods that need one then raise),
             True prepends `SoftQuantization()` with its defaults, a dict
             prepends `SoftQuantization(**add_quantizer)`.
+        num_train: Free methods with a memory: the training set's size (the
+            indices run over `[0, num_train)`). Default: the length of the
+            arrays first given to `fit`; needed up front for a dataset.
         **settings: Any of `SETTINGS`, with the meanings and defaults of
             `sq_keras.training.TrainConfig`'s fields of the same names
             (e.g. `pgd_steps=40`, `fgsm_step_size=1.25 * eps`,
+            `free_step_size=1.25 * eps`, `free_memory_dtype="int8"`,
             `noise="uniform"`, `noise_scale=eps`, `seed=0`), and base
             `keras.Model` arguments (`name`, ...).
 
@@ -194,13 +267,19 @@ class RobustModel(keras.Model):
             any): what to export or evaluate.
         method: The method's name.
         eps: The threat radius.
+        perturbations: The free methods' per-example memory (a Keras
+            variable `[num_train, H, W, C]`), once built; else None.
 
     Raises:
         ValueError: Unknown method or setting, a value out of range, or a
             method that needs a quantizer the model lacks.
+        sq_keras.training.MemoryBudgetError: The per-example memory would
+            not fit in the host's memory.
     """
 
-    def __init__(self, model, *, method="sq_fgsm", eps, add_quantizer=False, **kwargs):
+    def __init__(
+        self, model, *, method="sq_fgsm", eps, add_quantizer=False, num_train=None, **kwargs
+    ):
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTINGS}
         base = {k: kwargs.pop(k) for k in ("name", "trainable", "dtype") if k in kwargs}
         config = _resolved_config(method, eps, {**settings, **kwargs})
@@ -210,19 +289,51 @@ class RobustModel(keras.Model):
         self.method = method
         self.eps = float(eps)
         self.add_quantizer = add_quantizer
+        self.num_train = _checked_num_train(num_train)
+        self.perturbations = None
         self._compiled = None
         shape = _built_input_shape(self.classifier)
-        if shape is not None:
+        if shape is not None and (self.num_train or not self._keeps_memory):
             # `fit` never calls this wrapper itself, only the classifier: the
             # wrapper is built from the start, so that `save` records it.
             self.build(shape)
 
+    @property
+    def _keeps_memory(self):
+        return takes_indices(self._config)
+
     def build(self, input_shape):
+        if isinstance(input_shape, dict):
+            input_shape = input_shape[IMAGES]
         if not self.classifier.built:
             self.classifier.build(input_shape)
+        if self._keeps_memory and self.num_train and self.perturbations is None:
+            self.perturbations = self._memory_variable(tuple(input_shape[1:]))
+
+    def _memory_variable(self, image_shape):
+        """The per-example memory, as `apps.train`'s step initialises it."""
+        config = self._config
+        perturbation_memory.check_memory_fits(self.num_train, image_shape, config.free_memory_dtype)
+        initial = perturbation_memory.initial_memory(
+            self.num_train,
+            image_shape,
+            eps=config.eps,
+            init=config.free_init,
+            dtype=config.free_memory_dtype,
+            seed=config.seed,
+        )
+        return keras.Variable(
+            initial,
+            trainable=False,
+            autocast=False,
+            aggregation="none",
+            synchronization="on_write",
+            name="perturbations",
+        )
 
     def call(self, inputs, training=False):
-        return self.classifier(inputs, training=training)
+        images, _ = _split_inputs(inputs)
+        return self.classifier(images, training=training)
 
     def compile(self, optimizer="adam", loss=None, jit_compile=False, **kwargs):
         """`keras.Model.compile`, with defaults for a robust classifier.
@@ -243,11 +354,25 @@ class RobustModel(keras.Model):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         super().compile(optimizer=optimizer, loss=loss, jit_compile=jit_compile, **kwargs)
+        if _is_free(self.method):
+            self._compiled = self._compiled_free()
+            return
         kind = METHODS[self.method].step
         objective = steps.OBJECTIVES[kind](self.classifier, self.optimizer, self._config)
         # Keras traces train_step without AutoGraph; the attacks' loops need it.
         craft = tf.function(functools.partial(self._craft, objective), reduce_retracing=True)
         self._compiled = _Compiled(objective, craft)
+
+    def _compiled_free(self):
+        model_fn = free.shared_backward_model(self.classifier, stand_in=self._config.stand_in)
+        update = free.FreeUpdate(
+            lambda x: model_fn(x, training=True),
+            self.optimizer,
+            self.trainable_variables,
+            self._config,
+            regularization=lambda: self.losses,
+        )
+        return _Compiled(None, self._free_start, update)
 
     def compile_from_config(self, config):
         # As Keras's own, which skips a model whose `compile` is overridden.
@@ -268,25 +393,48 @@ class RobustModel(keras.Model):
             )
         return tf.stop_gradient(objective.craft(images, labels, seed))
 
+    def _memory(self):
+        """The free methods' `PerturbationMemory` or `ReplayStart`."""
+        config = self._config
+        if not self._keeps_memory:
+            return perturbation_memory.ReplayStart(
+                eps=config.eps, init=config.free_init, seed=config.seed
+            )
+        if self.perturbations is None:
+            raise RuntimeError(
+                f"Method {self.method} keeps one perturbation per training example and has "
+                "no memory yet: pass num_train= to RobustModel, or fit() arrays first."
+            )
+        return perturbation_memory.PerturbationMemory(self.perturbations, eps=config.eps)
+
+    def _free_start(self, images, labels, seed, indices=None):
+        del labels
+        images = tf.cast(images, tf.float32)
+        return tf.stop_gradient(self._memory().start(images, indices, tf.cast(seed, tf.int64)))
+
     def _checked_compiled(self):
         if self._compiled is None:
             raise RuntimeError("Call compile() before fit() or craft().")
         return self._compiled
 
-    def craft(self, images, labels, seed):
-        """The examples one train step trains on, crafted from a batch.
+    def craft(self, images, labels, seed, indices=None):
+        """The examples one train step trains on (first), crafted from a batch.
 
         The method's noise (noisy-sample methods) or training attack
         (`sq_fgsm`, `fgsm_rs`, `pgd_at`) on the model as it is; the batch
-        itself for the others. Noisy and adversarial examples lie within
-        `noise_scale` (`eps`) of `images` in l-inf and inside [0, 1].
-        `train_step` calls this on every batch.
+        itself for the others. The free methods return the perturbed batch
+        their first update starts from: the examples' kept perturbations
+        (by `indices`), or the fresh start without a memory. Noisy and
+        adversarial examples lie within `noise_scale` (`eps`) of `images` in
+        l-inf and inside [0, 1]. `train_step` calls this on every batch.
 
         Args:
             images: float32 `[N, H, W, C]` in [0, 1].
             labels: int `[N]`.
             seed: Integer seed (`train_step` passes one derived from the
                 optimizer's step and the replica).
+            indices: Free methods with a memory: the examples' indices in
+                the training set.
 
         Returns:
             float32 images of the batch's shape, gradient-stopped.
@@ -294,6 +442,8 @@ class RobustModel(keras.Model):
         Raises:
             RuntimeError: The model is not compiled.
         """
+        if _is_free(self.method):
+            return self._checked_compiled().craft(images, labels, seed, indices)
         return self._checked_compiled().craft(images, labels, seed)
 
     def _training_loss(self, images, labels, seed):
@@ -306,14 +456,51 @@ class RobustModel(keras.Model):
             per_example += tf.cast(tf.add_n(self.losses), per_example.dtype)
         return per_example, logits
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`; the free methods' memory is made on the first call.
+
+        For a free method with a memory, arrays of images are indexed
+        `0..N-1` in the order given (shuffling moves the index with its
+        image), and the memory is created for `N` examples unless
+        `num_train` was given.
+        """
+        if self._keeps_memory and not isinstance(x, tf.data.Dataset):
+            x = _with_index_inputs(x, self.method)
+            if self.num_train is None:
+                self.num_train = int(x[IMAGES].shape[0])
+        if self._keeps_memory and self.perturbations is None:
+            self._build_memory(x, kwargs.get("verbose", "auto"))
+        return super().fit(x, y, *args, **kwargs)
+
+    def _build_memory(self, x, verbose):
+        if self.num_train is None:
+            raise ValueError(
+                f"Method {self.method} keeps one perturbation per training example: pass "
+                "num_train= (the training set's size) to RobustModel when fit() reads a "
+                "dataset, or fit() arrays."
+            )
+        shape = (None, *x[IMAGES].shape[1:]) if isinstance(x, dict) else None
+        shape = shape or _built_input_shape(self.classifier)
+        with self.distribute_strategy.scope():
+            self.build(shape)
+        if verbose != 0:
+            print(self._memory().describe(), flush=True)
+
     def train_step(self, data):
-        images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("RobustModel does not support sample weights or class weights.")
+        images, indices = _split_inputs(x)
         labels = tf.cast(labels, tf.int64)
-        per_example, logits = steps.apply_update(
-            self, self.optimizer, self._training_loss, images, labels
-        )
+        if _is_free(self.method):
+            per_example, logits = self._checked_compiled().free_update.replica_step(
+                self._memory(), images, labels, indices
+            )
+            labels = tf.tile(labels, [self._config.free_replays])
+        else:
+            per_example, logits = steps.apply_update(
+                self, self.optimizer, self._training_loss, images, labels
+            )
         if not self.built:
             # A classifier that builds on its first call (a subclassed model)
             # has just been built; mark the wrapper built with it, for `save`.
@@ -332,6 +519,7 @@ class RobustModel(keras.Model):
             "method": self.method,
             "eps": self.eps,
             "add_quantizer": self.add_quantizer,
+            "num_train": self.num_train,
             **{k: settings[k] for k in SETTINGS},
         }
 

@@ -92,16 +92,21 @@ def _small_cnn():
 
 
 def robust_fit(strategy, images, labels, method):
-    """One `RobustModel.fit` step under `strategy`: loss, weights, farthest crafted pixel."""
+    """One `RobustModel.fit` step under `strategy`: loss, weights (the free methods'
+    memory last), farthest crafted pixel."""
     import sq_keras
 
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = sq_keras.RobustModel(_small_cnn(), method=method, eps=0.3, add_quantizer=True)
+        model = sq_keras.RobustModel(
+            _small_cnn(), method=method, eps=0.3, add_quantizer=True, num_train=len(labels)
+        )
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    crafted = model.craft(images, labels, seed=0)
+    crafted = model.craft(images, labels, seed=0, indices=np.arange(len(labels)))
     history = model.fit(images, labels, batch_size=len(labels), epochs=1, shuffle=False, verbose=0)
     weights = [v.numpy() for v in model.trainable_variables]
+    if model.perturbations is not None:
+        weights.append(model.perturbations.numpy())
     return history.history["loss"][0], weights, float(np.abs(crafted - images).max())
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from unittest import mock
 
 import keras
 import numpy as np
@@ -216,6 +218,171 @@ class RobustModelFitTest(parameterized.TestCase):
         self.assertEqual(result["replicas"], 2)
         self.assertTrue(np.isfinite(result["mirrored_loss"]))
         self.assertAlmostEqual(result["max_crafted_distance"], 0.3, places=5)
+
+
+def _trained_on(model, fit):
+    """Runs `fit()` eagerly; returns every batch the free updates trained on."""
+    batches = []
+    original = training.free.loss_and_gradients
+
+    def recording(model_fn, variables, images, *args, **kwargs):
+        batches.append(np.array(images))
+        return original(model_fn, variables, images, *args, **kwargs)
+
+    with mock.patch.object(training.free, "loss_and_gradients", side_effect=recording):
+        fit()
+    return batches
+
+
+class RobustModelFreeTest(parameterized.TestCase):
+    @parameterized.named_parameters(
+        ("float32", {}), ("int8", {"free_memory_dtype": "int8"}), ("replays", {"free_replays": 2})
+    )
+    def test_fit_keeps_every_trained_example_in_the_eps_ball(self, settings):
+        images, labels = _mnist("train", 128)
+        model = _robust("sq_free", **settings)
+        model.compile(optimizer="adam", run_eagerly=True)
+        batches = _trained_on(
+            model, lambda: model.fit(images, labels, batch_size=64, epochs=2, verbose=0)
+        )
+        replays = settings.get("free_replays", 1)
+        self.assertLen(batches, 2 * 2 * replays)
+        memory = model.perturbations.numpy().astype(np.float32)
+        if settings.get("free_memory_dtype") == "int8":
+            memory *= 0.3 / 127
+        # Examples are indexed 0..127 and shuffled with their index: the
+        # memory holds what each one's last update moved it to.
+        trained = np.concatenate(batches)
+        self.assertLessEqual(trained.min(), 1.0)
+        self.assertGreaterEqual(trained.min(), 0.0)
+        self.assertLessEqual(trained.max(), 1.0)
+        self.assertLessEqual(np.abs(memory).max(), 0.3 + 1e-6)
+        self.assertGreater(np.mean(np.abs(memory) > 0.29), 0.4)  # moved, most to the radius
+        for batch in batches:
+            # Every trained batch is some 64 training images within eps.
+            nearest = np.abs(batch[:, None] - images[None]).max(axis=(2, 3, 4)).min(axis=1)
+            self.assertLessEqual(nearest.max(), 0.3 + 1e-6)
+
+    def test_one_fit_step_is_the_apps_train_step(self):
+        images, labels = _mnist("train", 64)
+        config = training.TrainConfig(method="sq_free", mixed_precision="float32").resolved()
+        keras.utils.set_random_seed(0)
+        model, _, step = training.build_components(
+            config,
+            data.get_info("mnist"),
+            tf.distribute.get_strategy(),
+            num_train=128,
+            steps_per_epoch=10,
+        )
+        user_model = keras.models.clone_model(model)
+        user_model.set_weights(model.get_weights())
+        robust = sq_keras.RobustModel(user_model, method="sq_free", eps=config.eps, num_train=128)
+        robust.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+
+        loss_sum, _, n = step(images, labels, np.arange(64))
+        history = robust.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+        self.assertAlmostEqual(history.history["loss"][0], float(loss_sum) / int(n), places=5)
+        for expected, actual in zip(model.get_weights(), user_model.get_weights()):
+            np.testing.assert_allclose(actual, expected, atol=1e-6)
+        np.testing.assert_allclose(
+            robust.perturbations.numpy(), step.memory.variable.numpy(), atol=1e-6
+        )
+
+    def test_a_killed_fit_resumed_by_backup_and_restore_ends_identical(self):
+        images, labels = _mnist("train", 256)
+        backup = self.create_tempdir().full_path
+
+        def fit(model, *callbacks):
+            return model.fit(
+                images,
+                labels,
+                batch_size=64,
+                epochs=3,
+                shuffle=False,
+                verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(backup), *callbacks],
+            )
+
+        whole = _robust("sq_free")
+        fit(whole)
+        shutil.rmtree(backup, ignore_errors=True)  # a finished fit removes it itself
+        dying = _robust("sq_free")
+        with self.assertRaises(RuntimeError):
+            fit(dying, _KillAfterEpoch(1))
+        resumed = _robust("sq_free")
+        fit(resumed)
+        self.assertEqual(int(resumed.optimizer.iterations), 12)
+        for expected, actual in zip(whole.get_weights(), resumed.get_weights()):
+            np.testing.assert_array_equal(actual, expected)
+        np.testing.assert_array_equal(resumed.perturbations.numpy(), whole.perturbations.numpy())
+
+    def test_the_memory_is_saved_and_loaded_with_the_model(self):
+        images, labels = _mnist("train", 128)
+        model = _robust("sq_free")
+        model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        path = os.path.join(self.create_tempdir().full_path, "robust.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        self.assertEqual(loaded.num_train, 128)
+        np.testing.assert_array_equal(loaded.perturbations.numpy(), model.perturbations.numpy())
+        self.assertGreater(np.abs(model.perturbations.numpy()).mean(), 0.1)
+
+    def test_a_dataset_with_indices_trains_the_examples_it_names(self):
+        images, labels = _mnist("train", 96)
+        ds = data.with_indices(tf.data.Dataset.from_tensor_slices((images[32:], labels[32:])))
+        model = _robust("sq_free", num_train=64, free_init="zeros")
+        model.fit(ds.shuffle(64, seed=0).batch(32), epochs=1, verbose=0)
+        moved = np.abs(model.perturbations.numpy()).max(axis=(1, 2, 3))
+        self.assertTrue(np.all(moved > 0.1), moved)
+        # The start of example i is built around image 32 + i.
+        start = model.craft(images[32:], labels[32:], 0, indices=np.arange(64)).numpy()
+        self.assertLessEqual(np.abs(start - images[32:]).max(), 0.3 + 1e-6)
+
+    def test_without_a_memory_any_input_trains_and_nothing_is_kept(self):
+        images, labels = _mnist("train", 128)
+        model = _robust("sq_free", free_memory="none", free_replays=2)
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
+        history = model.fit(ds, epochs=2, verbose=0)
+        self.assertIsNone(model.perturbations)
+        self.assertEqual(int(model.optimizer.iterations), 8)
+        self.assertTrue(np.all(np.isfinite(history.history["loss"])))
+
+    @parameterized.named_parameters(
+        (
+            "dataset_without_num_train",
+            lambda x, y: (data.with_indices(tf.data.Dataset.from_tensor_slices((x, y))).batch(8),),
+            "pass num_train=",
+        ),
+        ("dict_without_indices", lambda x, y: ({"images": x}, y), "keys 'images' and 'indices'"),
+    )
+    def test_inputs_without_indices_say_how_to_give_them(self, make_args, message):
+        images, labels = _mnist("train", 16)
+        model = _robust("sq_free")
+        with self.assertRaisesRegex(ValueError, message):
+            model.fit(*make_args(images, labels), verbose=0)
+
+    def test_a_memory_too_large_for_the_host_is_refused_with_the_alternatives(self):
+        with self.assertRaisesRegex(training.MemoryBudgetError, "free_memory='none'"):
+            sq_keras.RobustModel(
+                _user_cnn(), method="sq_free", eps=0.3, add_quantizer=True, num_train=10**10
+            )
+
+    def test_mirrored_fit_equals_single_device_fit(self):
+        result = run_mirrored_probe(self, "robust_fit", "sq_free")
+        self.assertEqual(result["replicas"], 2)
+        self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
+        # The weights and, last, the memory.
+        self.assertLess(result["max_weight_diff"], 1e-5)
+
+
+class _KillAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("killed")
 
 
 class RobustModelArgumentsTest(parameterized.TestCase):

@@ -29,6 +29,7 @@ from sq_keras.data.pipeline import float_batches
 from sq_keras.data.pipeline import load_training_data
 from sq_keras.data.pipeline import make_train_dataset
 from sq_keras.data.pipeline import resize_and_crop
+from sq_keras.data.pipeline import with_indices
 
 __all__ = [
     "AUGMENTATIONS",
@@ -50,4 +51,5 @@ __all__ = [
     "noise_batch",
     "resize_and_crop",
     "resolve_data_dir",
+    "with_indices",
 ]

@@ -111,6 +111,34 @@ def make_train_dataset(
     return ds
 
 
+def with_indices(dataset):
+    """`(image, label)` examples -> `({"images": image, "indices": i}, label)`.
+
+    `i` is the example's position in `dataset`: apply this to the dataset of
+    single examples in a fixed order, before shuffling, batching or
+    repeating, so that an example keeps its index in every epoch. What
+    `sq_keras.RobustModel` with `sq_free` / `free` (with a per-example
+    memory) reads in `fit`:
+
+    ```python
+    ds = data.with_indices(tf.data.Dataset.from_tensor_slices((x, y)))
+    robust.fit(ds.shuffle(10_000).batch(128), epochs=10)   # RobustModel(..., num_train=len(x))
+    ```
+
+    Raises:
+        ValueError: `dataset`'s elements are not `(image, label)` pairs.
+    """
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 2:
+        raise ValueError(
+            "with_indices takes a dataset of (image, label) examples. Received elements: "
+            f"{spec}"
+        )
+    return dataset.enumerate().map(
+        lambda index, example: ({"images": example[0], "indices": index}, example[1])
+    )
+
+
 def _with_method_noise(ds, config, epoch, *, add_noise):
     if add_noise:
         ds = add_noise_stage(
