@@ -77,6 +77,29 @@ class MakeTrainDatasetTest(parameterized.TestCase):
         self.assertNotEqual(seen, [int(i) for *_, b in batches(2, with_indices=True) for i in b])
 
 
+class WithIndicesTest(absltest.TestCase):
+    def test_each_example_keeps_its_index_through_shuffling_and_batching(self):
+        images, labels = data.load_arrays("mnist", "train[:40]")
+        ds = data.with_indices(tf.data.Dataset.from_tensor_slices((images, labels)))
+        seen = []
+        for epoch in range(2):
+            for x, y in ds.shuffle(40, seed=epoch).batch(16):
+                index = x["indices"].numpy()
+                np.testing.assert_array_equal(x["images"].numpy(), images[index])
+                np.testing.assert_array_equal(y.numpy(), labels[index])
+                self.assertEqual(x["indices"].dtype, tf.int64)
+                seen.append(index.tolist())
+        first, second = sum(seen[:3], []), sum(seen[3:], [])
+        self.assertEqual(sorted(first), list(range(40)))
+        self.assertEqual(sorted(second), list(range(40)))
+        self.assertNotEqual(first, second)
+
+    def test_elements_that_are_not_pairs_are_refused(self):
+        ds = tf.data.Dataset.from_tensor_slices(np.zeros((4, 2, 2, 1), np.float32))
+        with self.assertRaisesRegex(ValueError, r"\(image, label\) examples"):
+            data.with_indices(ds)
+
+
 class ResizeAndCropTest(parameterized.TestCase):
     @parameterized.parameters("none", "crop", "crop_flip")
     def test_any_size_becomes_a_square_in_the_unit_range(self, augment):
