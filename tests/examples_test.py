@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from sq_keras import RobustModel
 from sq_keras import data
+from sq_keras import training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,12 @@ class RobustFitExampleTest(absltest.TestCase):
 
         robust = keras.models.load_model(os.path.join(out, "robust.keras"))
         self.assertIsInstance(robust, RobustModel)
-        self.assertEqual((robust.method, robust.eps), ("sq_fgsm", 0.3))
+        self.assertEqual((robust.method, robust.eps, robust.num_train), ("sq_free", 0.3, 512))
+        # The per-example memory was saved with the model: every example moved
+        # from its initial perturbation.
+        initial = training.perturbation_memory.initial_memory(512, (28, 28, 1), eps=0.3)
+        moved = np.abs(robust.perturbations.numpy() - initial.numpy()).max(axis=(1, 2, 3))
+        self.assertTrue(np.all(moved > 0.1), moved)
         images, _ = data.load_arrays("mnist", "test[:32]")
         x = images.astype(np.float32) / 255.0
         served = tf.saved_model.load(os.path.join(out, "export", "1"))
