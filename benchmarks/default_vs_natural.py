@@ -57,7 +57,13 @@ def _train(method, extra, workdir, run):
         *extra,
     ]
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        command,
+        cwd=_ROOT,
+        env=data.environment_for_subprocess(os.environ),
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")

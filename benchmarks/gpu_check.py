@@ -34,6 +34,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from sq_keras import attacks  # noqa: E402
+from sq_keras import data  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import export  # noqa: E402
 from sq_keras import jsonio  # noqa: E402
@@ -77,9 +78,15 @@ def _train(work_dir):
     if _TRAIN_EXAMPLES.value:
         command.append(f"--train_examples={_TRAIN_EXAMPLES.value}")
     if _DATA_DIR.value:
-        command.append(f"--data_dir={_DATA_DIR.value}")
+        command.append(f"--data_dir={os.path.abspath(_DATA_DIR.value)}")
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=data.environment_for_subprocess(os.environ),
+        capture_output=True,
+        text=True,
+    )
     record = {
         "command": " ".join(command[1:]),
         "returncode": proc.returncode,

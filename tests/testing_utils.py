@@ -34,7 +34,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_app(module, *flags, timeout=300):
     """Runs `python -m <module> <flags>` from the repository root, as a user
     would; returns the `subprocess.CompletedProcess` with its text output."""
-    env = dict(os.environ)
+    from sq_keras import data
+
+    env = data.environment_for_subprocess(os.environ)
     env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return subprocess.run(

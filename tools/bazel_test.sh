@@ -10,12 +10,18 @@
 # Environment:
 #   PYTHON_BIN_PATH    interpreter for the tests (default: `python`/`python3`
 #                      on PATH, resolved to its real executable)
-#   SQ_KERAS_DATA_DIR  MNIST directory (default: ../shared/data beside the repo)
+#   SQ_KERAS_DATA_DIR  MNIST directory, relative to the current one or absolute
+#                      (default: ../shared/data beside the repo)
 #   BAZEL              the bazel command (default: bazel)
 #   SQ_KERAS_SKIP_BUILD_CHECK=1  skip tools/bazel/check_build.py
 #   SQ_KERAS_BAZEL_COMMAND  `test` (default) or `build` (what CI runs: the
 #                      full test run takes 10+ minutes on 2 cores)
 set -euo pipefail
+# A relative SQ_KERAS_DATA_DIR means the caller's directory, not the repo's or
+# a test sandbox's: made absolute before anything changes directory.
+if [ -n "${SQ_KERAS_DATA_DIR:-}" ]; then
+  SQ_KERAS_DATA_DIR="$(realpath -ms -- "$SQ_KERAS_DATA_DIR")"
+fi
 cd "$(dirname "$0")/.."
 
 BAZEL="${BAZEL:-bazel}"

@@ -16,6 +16,7 @@ from sq_keras.data.augment import augment_batch
 from sq_keras.data.datasets import DATASETS
 from sq_keras.data.datasets import DataError
 from sq_keras.data.datasets import DatasetInfo
+from sq_keras.data.datasets import environment_for_subprocess
 from sq_keras.data.datasets import get_info
 from sq_keras.data.datasets import load
 from sq_keras.data.datasets import load_arrays
@@ -41,6 +42,7 @@ __all__ = [
     "NOISE_KINDS",
     "TrainingData",
     "add_noise",
+    "environment_for_subprocess",
     "float_batches",
     "get_info",
     "load",

@@ -370,8 +370,34 @@ def get_info(name):
 
 
 def resolve_data_dir(data_dir=None):
-    """`data_dir` if given, else `$SQ_KERAS_DATA_DIR`, else None (use tfds)."""
-    return data_dir or os.environ.get(DATA_DIR_ENV) or None
+    """The local dataset directory to read, as an absolute path.
+
+    A relative directory is resolved against the current one, so that it
+    names the same files when recorded or passed to a process that starts
+    in another directory.
+
+    Args:
+        data_dir: A directory, absolute or relative; None for
+            `$SQ_KERAS_DATA_DIR`.
+
+    Returns:
+        `data_dir`, else `$SQ_KERAS_DATA_DIR`, made absolute; None when
+        neither is set (read tensorflow-datasets).
+    """
+    root = data_dir or os.environ.get(DATA_DIR_ENV)
+    return os.path.abspath(root) if root else None
+
+
+def environment_for_subprocess(environ):
+    """A copy of `environ` whose `$SQ_KERAS_DATA_DIR`, if set, is absolute.
+
+    Pass it as the `env` of a process that may start in another directory,
+    where a relative `$SQ_KERAS_DATA_DIR` would point nowhere.
+    """
+    env = dict(environ)
+    if env.get(DATA_DIR_ENV):
+        env[DATA_DIR_ENV] = os.path.abspath(env[DATA_DIR_ENV])
+    return env
 
 
 def _parse_split(info, split):

@@ -13,6 +13,7 @@ TrainConfig(eps=2.0).resolved()    # ValueError: eps must be in [0, 1]. Received
 """
 
 import dataclasses
+import os
 
 from sq_keras import attacks
 from sq_keras import data
@@ -88,7 +89,8 @@ class TrainConfig:
         model_dir: Where checkpoints, logs, config and results go.
         export_dir: Base directory of the SavedModel versions (TensorFlow
             Serving layout, `<export_dir>/<version>/`); None for no export.
-        data_dir: Local dataset directory; None for $SQ_KERAS_DATA_DIR/tfds.
+        data_dir: Local dataset directory (a relative one is made absolute
+            by `fill_defaults`); None for $SQ_KERAS_DATA_DIR/tfds.
         mixed_precision: The resolved Keras dtype policy name in force.
         strategy: `tf.distribute` strategy, one of
             `sq_keras.distribute.STRATEGIES`.
@@ -152,7 +154,7 @@ class TrainConfig:
     eps_warmup_steps: int = 0
 
     def fill_defaults(self):
-        """Returns a copy with the dataset's defaults in place of None."""
+        """A copy with the dataset's defaults in place of None, `data_dir` absolute."""
         info = data.get_info(self.dataset)
         eps = info.eps if self.eps is None else float(self.eps)
         method = self.method or info.method
@@ -169,6 +171,9 @@ class TrainConfig:
             noise_scale=eps if self.noise_scale is None else float(self.noise_scale),
             fgsm_step_size=1.25 * eps if self.fgsm_step_size is None else self.fgsm_step_size,
             free_step_size=self._free_step_size(method, eps, info.free_step_scale),
+            # Recorded and read as an absolute path: the same files from any
+            # directory a resumed run or a later evaluation starts in.
+            data_dir=os.path.abspath(self.data_dir) if self.data_dir else None,
         )
 
     def _free_step_size(self, method, eps, scale):

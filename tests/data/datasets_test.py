@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 import time
 from unittest import mock
 
@@ -95,6 +97,37 @@ class LoadLocalTest(parameterized.TestCase):
         self.assertEqual(info.image_shape, (28, 28, 1))
         self.assertEqual(info.num_classes, 10)
         self.assertEqual(info.eps, 0.3)
+
+
+class RelativeDataDirTest(absltest.TestCase):
+    """A relative directory names the files it named where it was given."""
+
+    def setUp(self):
+        super().setUp()
+        self.start = self.create_tempdir().full_path
+        self.relative = os.path.relpath(SHARED, self.start)
+        previous = os.getcwd()
+        os.chdir(self.start)
+        self.addCleanup(os.chdir, previous)
+        self.enter_context(mock.patch.dict(os.environ, {datasets.DATA_DIR_ENV: self.relative}))
+
+    def test_a_relative_directory_reads_the_same_digits_and_resolves_absolute(self):
+        _, labels = data.load_arrays("mnist", "test[:3]", data_dir=self.relative)
+        np.testing.assert_array_equal(labels, [7, 2, 1])
+        self.assertEqual(data.resolve_data_dir(), os.path.normpath(SHARED))
+        self.assertEqual(data.resolve_data_dir(self.relative), os.path.normpath(SHARED))
+
+    def test_a_process_started_elsewhere_finds_the_files(self):
+        # Deeper than the start, so the relative path points nowhere from it.
+        elsewhere = self.create_tempdir().mkdir("nested").full_path
+        find = "import os, sys; sys.exit(not os.listdir(os.environ[sys.argv[1]] + '/mnist'))"
+        command = [sys.executable, "-c", find, datasets.DATA_DIR_ENV]
+        as_given = subprocess.run(command, cwd=elsewhere, capture_output=True)
+        self.assertNotEqual(as_given.returncode, 0)
+        env = data.environment_for_subprocess(os.environ)
+        self.assertEqual(env[datasets.DATA_DIR_ENV], os.path.normpath(SHARED))
+        resolved = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True)
+        self.assertEqual(resolved.returncode, 0, resolved.stderr)
 
 
 class GeneratedFilesTest(parameterized.TestCase):

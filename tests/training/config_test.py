@@ -1,6 +1,7 @@
 """Tests for sq_keras.training.config: defaults filled from the dataset, then checked."""
 
 import dataclasses
+import os
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -117,6 +118,11 @@ class TrainConfigTest(parameterized.TestCase):
         self.assertEqual(filled.fgsm_step_size, 1.25 * filled.eps)
         with self.assertRaisesRegex(ValueError, "epochs must be >= 1"):
             filled.validate()
+
+    def test_a_relative_data_dir_is_recorded_absolute(self):
+        config = training.TrainConfig(data_dir="../shared/data").resolved()
+        self.assertEqual(config.data_dir, os.path.abspath("../shared/data"))
+        self.assertIsNone(training.TrainConfig().resolved().data_dir)
 
     def test_explicit_values_are_kept_and_resolving_twice_changes_nothing(self):
         config = training.TrainConfig(eps=0.1, noise_scale=0.2, fgsm_step_size=0.05).resolved()
