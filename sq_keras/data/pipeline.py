@@ -131,8 +131,7 @@ def with_indices(dataset):
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) != 2:
         raise ValueError(
-            "with_indices takes a dataset of (image, label) examples. Received elements: "
-            f"{spec}"
+            f"with_indices takes a dataset of (image, label) examples. Received elements: {spec}"
         )
     return dataset.enumerate().map(
         lambda index, example: ({"images": example[0], "indices": index}, example[1])
