@@ -129,6 +129,33 @@ class TrainAppTest(parameterized.TestCase):
         self.assertIn("--overwrite", proc.stderr)
         self.assertEqual(run_train(*common, "--method=noisy", "--overwrite").returncode, 0)
 
+    def test_rerun_of_a_finished_run_exports_nothing_and_fewer_epochs_are_refused(self):
+        tmp = self.create_tempdir().full_path
+        common = [
+            "--method=natural",
+            "--train_examples=200",
+            "--eval_examples=100",
+            f"--model_dir={tmp}/run",
+            f"--export_dir={tmp}/export",
+        ]
+        self.assertEqual(run_train(*common, "--epochs=2").returncode, 0)
+        export = os.path.join(tmp, "export", "1")
+        same = run_train(*common, "--epochs=2")
+        self.assertEqual(same.returncode, 0, same.stderr[-3000:])
+        self.assertIn("already finished after 2 epochs", same.stdout)
+        self.assertIn(f"its SavedModel is {export}", same.stdout)
+        self.assertNotIn("Epoch ", same.stdout)
+        fewer = run_train(*common, "--epochs=1")
+        self.assertNotEqual(fewer.returncode, 0)
+        self.assertIn("Error: ", fewer.stderr)
+        self.assertIn("already trained 2 epochs; --epochs=1 asks for fewer", fewer.stderr)
+        self.assertIn("--overwrite", fewer.stderr)
+        self.assertNotIn("Traceback", fewer.stderr)
+        # Serving sees one model: no second, identical version.
+        self.assertEqual(os.listdir(os.path.join(tmp, "export")), ["1"])
+        with open(os.path.join(tmp, "run", "config.json")) as f:
+            self.assertEqual(json.load(f)["epochs"], 2)
+
     def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(self):
         tmp = self.create_tempdir().full_path
         flags = [

@@ -333,9 +333,9 @@ def _finish(run, first_epoch, log):
     if it never was and `export_dir` asks for it now.
     """
     config = run.config
-    previous = _finished_results(run) if first_epoch == config.epochs else None
+    previous = _finished_results(run, first_epoch) if first_epoch >= config.epochs else None
     if previous is not None and (previous.get("export_path") or not config.export_dir):
-        log("The run had already finished; nothing trained, saved or exported.")
+        log(_already_finished_message(config.model_dir, previous))
         return previous
     # A finished run asked for its first export keeps its saved model.
     results = previous or _results(run, run.run_dir.save_model(run.model))
@@ -352,16 +352,30 @@ def _finish(run, first_epoch, log):
     return results
 
 
-def _finished_results(run):
-    """The recorded results of a run whose model was saved; None otherwise.
+def _already_finished_message(model_dir, results):
+    """What a rerun of a finished run says: the run, and where its export is."""
+    export_path = results.get("export_path")
+    where = "it was not exported (pass --export_dir to export it)"
+    if export_path:
+        where = f"its SavedModel is {export_path}"
+    return (
+        f"{model_dir} holds this run, already finished after {results['epochs_done']} epochs "
+        f"(test accuracy {results['test_accuracy']:.4f}); {where}. Nothing was trained, "
+        "saved or exported. To train more epochs, rerun with a higher --epochs."
+    )
+
+
+def _finished_results(run, epochs_done):
+    """The recorded results of the run's `epochs_done` epochs, its model saved; else None.
 
     A run killed after its last checkpoint but before saving its model and
-    results is not finished yet.
+    results is not finished yet, even if an earlier, shorter run of it left
+    its results.
     """
     previous = run.run_dir.read_results()
     if previous is None or not os.path.isfile(run.run_dir.model_path):
         return None
-    return previous
+    return previous if previous.get("epochs_done") == epochs_done else None
 
 
 def train(config, *, log=_log, strategy=None):
@@ -390,6 +404,13 @@ def train(config, *, log=_log, strategy=None):
     run = _setup(config.resolved(), strategy)
     _build(run)
     first_epoch = _restore(run, log)
+    if first_epoch < run.config.epochs:
+        _train_epochs(run, first_epoch, log)
+    return _finish(run, first_epoch, log)
+
+
+def _train_epochs(run, first_epoch, log):
+    """Trains, measures, records and checkpoints each epoch from `first_epoch` on."""
     writer = tf.summary.create_file_writer(run.run_dir.logs_dir)
     _log_start(run, log)
     for epoch in range(first_epoch, run.config.epochs):
@@ -398,4 +419,3 @@ def train(config, *, log=_log, strategy=None):
         _write_summaries(writer, record, run.model)
         _record_epoch(run, record)
         _log_epoch(run.config, record, log)
-    return _finish(run, first_epoch, log)

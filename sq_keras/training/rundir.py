@@ -4,7 +4,8 @@ Layout of `model_dir` (the chief writes it; other workers of a multi-worker
 run write their own checkpoints, logs and model under `workers/`):
 
 * `config.json`: the resolved configuration and the environment the run
-  started in; a rerun must match it (`RESUME_FREE_KEYS` aside);
+  started in; a rerun must match it (`RESUME_FREE_KEYS` aside) and may not
+  ask for fewer epochs than the checkpoints hold;
 * `checkpoints/`: one `tf.train.Checkpoint` per epoch, the run resumes from
   the latest;
 * `history.json`: per-epoch metrics, written before each checkpoint;
@@ -47,6 +48,9 @@ RESUME_FREE_KEYS = (
 # the option existed trained with.
 _EARLIER_DEFAULTS = {"lr_schedule": "constant"}
 
+# The epoch counter in a run's checkpoints (`tf.train.Checkpoint(epoch=...)`).
+_EPOCH_KEY = "epoch/.ATTRIBUTES/VARIABLE_VALUE"
+
 # What `--overwrite` removes of a different run.
 RUN_OUTPUTS = ("checkpoints", "logs", "history.json", "results.json", "model.keras")
 
@@ -74,6 +78,44 @@ def _different_run_error(model_dir, diffs):
         f"{model_dir} holds a run with a different configuration:\n"
         f"{lines}\nUse another --model_dir, or --overwrite to discard that run."
     )
+
+
+def epochs_done(model_dir):
+    """The epochs trained by the run in `model_dir`: its latest checkpoint's count, else 0."""
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor(_EPOCH_KEY))
+
+
+def _fewer_epochs_error(model_dir, done, epochs):
+    return TrainingError(
+        f"{model_dir} holds a run that has already trained {done} epochs; --epochs={epochs} "
+        f"asks for fewer, and trained epochs cannot be undone. Rerun with --epochs={done} to "
+        f"keep that run as it is, or more to continue training it. To train {epochs} epochs "
+        "from scratch, use another --model_dir, or --overwrite to discard that run."
+    )
+
+
+def _replaces_previous_run(config, previous, record):
+    """Whether `config` starts afresh over the run recorded as `previous`.
+
+    Raises:
+        TrainingError: Without `config.overwrite`, the run differs from
+            `previous` in what is trained, or asks for fewer epochs than it
+            has already trained.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    defaults.update(_EARLIER_DEFAULTS)
+    diffs = config_differences(previous, record, defaults)
+    if diffs and not config.overwrite:
+        raise _different_run_error(config.model_dir, diffs)
+    if diffs:
+        return True
+    done = epochs_done(config.model_dir)
+    if config.epochs < done and not config.overwrite:
+        raise _fewer_epochs_error(config.model_dir, done, config.epochs)
+    return config.epochs < done
 
 
 def resumed_environments(previous, environment):
@@ -117,19 +159,15 @@ def prepare_model_dir(config, *, environment):
         The record written to `config.json`.
 
     Raises:
-        TrainingError: `model_dir` holds a run with a different configuration
-            (and `config.overwrite` is off), or cannot be written.
+        TrainingError: `model_dir` holds a run with a different configuration,
+            or one that has trained more than `config.epochs` epochs (and
+            `config.overwrite` is off), or cannot be written.
     """
     path = os.path.join(config.model_dir, "config.json")
     record = {**dataclasses.asdict(config), "environment": environment}
     if os.path.exists(path):
         previous = jsonio.read_json(path)
-        defaults = {f.name: f.default for f in dataclasses.fields(config)}
-        defaults.update(_EARLIER_DEFAULTS)
-        diffs = config_differences(previous, record, defaults)
-        if diffs and not config.overwrite:
-            raise _different_run_error(config.model_dir, diffs)
-        if diffs:
+        if _replaces_previous_run(config, previous, record):
             clear_run(config.model_dir)
         else:
             record.update(resumed_environments(previous, environment))

@@ -130,6 +130,20 @@ class TrainTest(parameterized.TestCase):
         self.assertEqual(_file_bytes(model_dir, "model.keras", "results.json"), outputs)
         self.assertEqual(third, second)
         self.assertLen(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")), 2)
+        # It says so, naming the export that serves it.
+        self.assertRegex(
+            lines[-1], f"already finished after 2 epochs .*SavedModel is {second['export_path']}"
+        )
+        # Fewer epochs than it trained are refused, and nothing changes.
+        outputs = _file_bytes(model_dir, "model.keras", "results.json", "config.json")
+        with self.assertRaisesRegex(
+            training.TrainingError, "already trained 2 epochs; --epochs=1 asks for fewer"
+        ):
+            training.train(_config(model_dir, method="noisy", epochs=1, export_dir=export_dir))
+        self.assertEqual(sorted(os.listdir(export_dir)), ["1", "2"])
+        self.assertEqual(
+            _file_bytes(model_dir, "model.keras", "results.json", "config.json"), outputs
+        )
 
     def test_finished_run_without_export_exports_when_asked_and_keeps_its_model(self):
         model_dir = self.create_tempdir().full_path
@@ -154,6 +168,21 @@ class TrainTest(parameterized.TestCase):
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
         expected = model.predict(raw.astype(np.float32) / 255.0, verbose=0)
         np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
+
+    def test_longer_run_killed_before_saving_its_model_is_finished_on_rerun(self):
+        model_dir = self.create_tempdir().full_path
+        export_dir = os.path.join(model_dir, "export")
+        training.train(_config(model_dir, method="natural", epochs=1, export_dir=export_dir))
+        longer = _config(model_dir, method="natural", epochs=2, export_dir=export_dir)
+        # Dies after its last checkpoint, leaving the one-epoch run's results.
+        with mock.patch.object(training.RunDir, "save_model", side_effect=RuntimeError("killed")):
+            with self.assertRaisesRegex(RuntimeError, "killed"):
+                training.train(longer)
+        results = training.train(longer)
+        self.assertEqual(results["epochs_done"], 2)
+        self.assertEqual(results["export_path"], os.path.join(export_dir, "2"))
+        with open(os.path.join(model_dir, "results.json")) as f:
+            self.assertEqual(json.load(f)["epochs_done"], 2)
 
     def test_resumed_run_keeps_the_environment_it_was_started_in(self):
         model_dir = self.create_tempdir().full_path

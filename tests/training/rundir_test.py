@@ -43,6 +43,13 @@ def _touch_outputs(model_dir):
             f.write("{}")
 
 
+def _checkpoint_epochs(model_dir, epochs):
+    """Saves a checkpoint holding `epochs` as the training loop's epoch counter."""
+    checkpoint = tf.train.Checkpoint(epoch=tf.Variable(epochs, dtype=tf.int64))
+    directory = os.path.join(model_dir, "checkpoints")
+    tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2).save(epochs)
+
+
 class PrepareModelDirTest(parameterized.TestCase):
     def test_first_run_records_config_and_environment(self):
         model_dir = os.path.join(self.create_tempdir().full_path, "new", "run")
@@ -126,6 +133,28 @@ class PrepareModelDirTest(parameterized.TestCase):
         _touch_outputs(model_dir)
         rundir.prepare_model_dir(_config(model_dir, overwrite=True), environment=_ENV_A)
         self.assertTrue(os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-1.index")))
+
+    def test_fewer_epochs_than_the_checkpoints_hold_are_refused_unless_overwrite(self):
+        model_dir = self.create_tempdir().full_path
+        rundir.prepare_model_dir(_config(model_dir, epochs=3), environment=_ENV_A)
+        _touch_outputs(model_dir)
+        _checkpoint_epochs(model_dir, 3)
+        with self.assertRaises(training.TrainingError) as raised:
+            rundir.prepare_model_dir(_config(model_dir, epochs=2), environment=_ENV_A)
+        message = str(raised.exception)
+        self.assertIn(f"{model_dir} holds a run that has already trained 3 epochs", message)
+        self.assertIn("Rerun with --epochs=3", message)
+        self.assertIn("another --model_dir, or --overwrite", message)
+        self.assertEqual(_read(os.path.join(model_dir, "config.json"))["epochs"], 3)
+        # As many or more resume it.
+        for epochs in (3, 5):
+            rundir.prepare_model_dir(_config(model_dir, epochs=epochs), environment=_ENV_A)
+            self.assertEqual(rundir.epochs_done(model_dir), 3)
+        # --overwrite starts the shorter run afresh.
+        rundir.prepare_model_dir(_config(model_dir, epochs=2, overwrite=True), environment=_ENV_A)
+        self.assertEqual(rundir.epochs_done(model_dir), 0)
+        self.assertEqual(os.listdir(model_dir), ["config.json"])
+        self.assertEqual(_read(os.path.join(model_dir, "config.json"))["epochs"], 2)
 
     def test_resumed_run_keeps_its_environment_and_lists_later_ones_once_in_a_row(self):
         model_dir = self.create_tempdir().full_path
