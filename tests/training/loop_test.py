@@ -282,6 +282,25 @@ class TrainTest(parameterized.TestCase):
                 self.assertTrue(np.isfinite(results["train_loss"]))
                 self.assertEqual(bool(results["thresholds"]), training.METHODS[method].quantizer)
 
+    @parameterized.named_parameters(
+        ("int8_memory", {"free_memory_dtype": "int8"}, "1000 x 28x28x1 int8 = 0.8 MB", "int8"),
+        ("no_memory", {"free_memory": "none", "free_replays": 2}, "memory: none", None),
+    )
+    def test_free_training_logs_and_checkpoints_its_memory(self, settings, logged, stored):
+        lines = []
+        model_dir = self.create_tempdir().full_path
+        results = training.train(_config(model_dir, method="sq_free", **settings), log=lines.append)
+        self.assertTrue(np.isfinite(results["train_loss"]))
+        self.assertTrue(any(logged in line for line in lines), lines)
+        checkpoint = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+        shapes = checkpoint.get_variable_to_dtype_map()
+        key = "perturbations/.ATTRIBUTES/VARIABLE_VALUE"
+        if stored is None:
+            self.assertNotIn(key, shapes)
+        else:
+            self.assertEqual(shapes[key].name, stored)
+            self.assertEqual(checkpoint.get_tensor(key).shape, (1000, 28, 28, 1))
+
     def test_adversarial_and_penalised_methods_do_what_they_claim(self):
         def run(method, **kwargs):
             return training.train(
