@@ -466,11 +466,20 @@ class RobustModel(keras.Model):
         """
         if self._keeps_memory and not isinstance(x, tf.data.Dataset):
             x = _with_index_inputs(x, self.method)
-            if self.num_train is None:
-                self.num_train = int(x[IMAGES].shape[0])
+            self._check_indices(np.asarray(x[INDICES]))
         if self._keeps_memory and self.perturbations is None:
             self._build_memory(x, kwargs.get("verbose", "auto"))
         return super().fit(x, y, *args, **kwargs)
+
+    def _check_indices(self, indices):
+        """Sets `num_train` from the first indices given; refuses any beyond it."""
+        if self.num_train is None:
+            self.num_train = int(indices.max()) + 1 if indices.size else None
+        if indices.size and (indices.min() < 0 or indices.max() >= (self.num_train or 0)):
+            raise ValueError(
+                f"Example indices must lie in [0, num_train={self.num_train}). Received indices "
+                f"from {indices.min()} to {indices.max()}."
+            )
 
     def _build_memory(self, x, verbose):
         if self.num_train is None:

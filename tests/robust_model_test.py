@@ -354,10 +354,15 @@ class RobustModelFreeTest(parameterized.TestCase):
             "pass num_train=",
         ),
         ("dict_without_indices", lambda x, y: ({"images": x}, y), "keys 'images' and 'indices'"),
+        (
+            "indices_beyond_num_train",
+            lambda x, y: ({"images": x, "indices": np.arange(16) + 100}, y),
+            r"must lie in \[0, num_train=64\)",
+        ),
     )
     def test_inputs_without_indices_say_how_to_give_them(self, make_args, message):
         images, labels = _mnist("train", 16)
-        model = _robust("sq_free")
+        model = _robust("sq_free", num_train=None if "pass num_train" in message else 64)
         with self.assertRaisesRegex(ValueError, message):
             model.fit(*make_args(images, labels), verbose=0)
 

@@ -36,7 +36,8 @@ class TrainConfigTest(parameterized.TestCase):
         ("free_replays", {"method": "sq_free", "free_replays": 0}, "free_replays must be"),
         ("free_step_size", {"method": "free", "free_step_size": 0.0}, "free_step_size must"),
         ("free_init", {"free_init": "normal"}, "free_init must be one of uniform, zeros"),
-        ("free_memory_dtype", {"free_memory_dtype": "int8"}, "free_memory_dtype must be"),
+        ("free_memory_dtype", {"free_memory_dtype": "float16"}, "free_memory_dtype must be"),
+        ("free_memory", {"free_memory": "replay"}, "free_memory must be"),
     )
     def test_invalid_config(self, kwargs, pattern):
         with self.assertRaisesRegex(ValueError, pattern):
