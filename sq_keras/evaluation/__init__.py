@@ -93,6 +93,7 @@ from sq_keras.evaluation.registry import bpda_name
 from sq_keras.evaluation.registry import resolve_attacks
 from sq_keras.evaluation.report import Report
 from sq_keras.evaluation.report import eps_key
+from sq_keras.evaluation.report import percent
 from sq_keras.evaluation.suite import LARGE_EPS
 from sq_keras.evaluation.suite import evaluate
 from sq_keras.evaluation.suite import sweep_eps
@@ -140,6 +141,7 @@ __all__ = [
     "load_examples",
     "load_target",
     "masking_checks",
+    "percent",
     "plot_examples",
     "plot_sweep",
     "resolve_attacks",
