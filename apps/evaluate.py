@@ -236,9 +236,9 @@ def _plan(target):
     )
 
 
-def _store(output, dataset, policy, target):
-    """The `BatchStore` beside `output`, describing what the app adds to the run."""
-    run = evaluation.model_run(
+def _model_run(dataset, policy, target):
+    """What the app adds to a run: model digests, dataset, split, precision."""
+    return evaluation.model_run(
         target,
         dataset=dataset,
         split=_SPLIT.value,
@@ -246,6 +246,10 @@ def _store(output, dataset, policy, target):
         strategy=_STRATEGY.value,
         source_path=_SOURCE_MODEL.value,
     )
+
+
+def _store(output, run):
+    """The `BatchStore` beside `output`, describing what the app adds to the run."""
     return evaluation.BatchStore(
         evaluation.batches_dir(output),
         run=run,
@@ -254,15 +258,21 @@ def _store(output, dataset, policy, target):
     )
 
 
-def _metadata(dataset, policy, target):
-    """The app's top-level keys of the JSON report."""
+def _metadata(dataset, policy, target, run):
+    """The app's top-level keys of the JSON report.
+
+    The model files' sha256 identify the model wherever the report is read,
+    e.g. when `apps.merge_reports` merges shards evaluated on other machines.
+    """
     return {
         "dataset": dataset,
         "split": _SPLIT.value,
         "seed": _SEED.value,
         "mixed_precision": policy,
         "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "model_sha256": run["model_sha256"],
         "source_model": _SOURCE_MODEL.value,
+        "source_model_sha256": run["source_model_sha256"],
         "training_config": target.config,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
@@ -286,6 +296,7 @@ def _evaluate(eps_values, policy):
     )
     output = _OUTPUT.value or _default_output(_MODEL.value)
     plan = _plan(target)
+    run = _model_run(dataset, policy, target)
     report = evaluation.evaluate(
         target,
         images,
@@ -300,9 +311,9 @@ def _evaluate(eps_values, policy):
         add_large_eps=_ADD_LARGE_EPS.value,
         strategy=strategy,
         worst_case_only=plan.worst_case_only,
-        store=_store(output, dataset, policy, target),
+        store=_store(output, run),
     )
-    report.metadata.update(_metadata(dataset, policy, target))
+    report.metadata.update(_metadata(dataset, policy, target, run))
     written = evaluation.write_report(
         report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
     )

@@ -22,6 +22,7 @@ from sq_keras.data.datasets import load
 from sq_keras.data.datasets import load_arrays
 from sq_keras.data.datasets import load_stream
 from sq_keras.data.datasets import resolve_data_dir
+from sq_keras.data.datasets import split_slice
 from sq_keras.data.noise import NOISE_KINDS
 from sq_keras.data.noise import add_noise
 from sq_keras.data.noise import noise_batch
@@ -53,5 +54,6 @@ __all__ = [
     "noise_batch",
     "resize_and_crop",
     "resolve_data_dir",
+    "split_slice",
     "with_indices",
 ]

@@ -400,16 +400,37 @@ def environment_for_subprocess(environ):
     return env
 
 
+def split_slice(split):
+    """`(base, start, stop)` of a split string; unsliced bounds are None.
+
+    `"test[2500:5000]"` -> `("test", 2500, 5000)`, `"train[:1000]"` ->
+    `("train", None, 1000)`, `"test"` -> `("test", None, None)`. Negative
+    bounds count from the end, as in Python.
+
+    Raises:
+        ValueError: `split` is not a name optionally sliced like `train[:1000]`.
+    """
+    match = _SPLIT_RE.match(split) if isinstance(split, str) else None
+    if not match:
+        raise ValueError(
+            f"Split {split!r} is not a split name optionally sliced like 'train[:1000]'."
+        )
+    start = int(match.group("start")) if match.group("start") else None
+    stop = int(match.group("stop")) if match.group("stop") else None
+    return match.group("base"), start, stop
+
+
 def _parse_split(info, split):
-    match = _SPLIT_RE.match(split)
-    if not match or match.group("base") not in info.files:
+    try:
+        base, start, stop = split_slice(split)
+    except ValueError:
+        base = None
+    if base not in info.files:
         raise ValueError(
             f"Unknown split {split!r} for {info.name}. Valid splits: "
             f"{', '.join(sorted(info.files))}, optionally sliced like 'train[:1000]'."
         )
-    start = int(match.group("start")) if match.group("start") else None
-    stop = int(match.group("stop")) if match.group("stop") else None
-    return match.group("base"), slice(start, stop)
+    return base, slice(start, stop)
 
 
 _SHA_CACHE = {}

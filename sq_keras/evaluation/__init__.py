@@ -31,8 +31,9 @@ The package reads as the pipeline: `target` (loading models and examples),
 `registry` (the attacks: one `AttackSpec` per attack; names, presets, attack
 sets and skip reasons derive from it), `attack_runner` (one attack at one eps
 over batches), `batch_store` (finished batches on disk), `suite`
-(`evaluate`), `report` (the typed `Report`), `checks` (the masking checks)
-and `writers` (JSON, table, figures, TensorBoard).
+(`evaluate`), `report` (the typed `Report`), `checks` (the masking checks),
+`writers` (JSON, table, figures, TensorBoard) and `merge` (the reports of
+shards of one long evaluation as one report).
 
 Accuracies in the report are percentages of the evaluated examples. An example
 counts as robust to an attack only if it is classified correctly both clean
@@ -75,6 +76,10 @@ from sq_keras.evaluation.batch_store import model_run
 from sq_keras.evaluation.checks import SLACK
 from sq_keras.evaluation.checks import failed_checks
 from sq_keras.evaluation.checks import masking_checks
+from sq_keras.evaluation.merge import MergeError
+from sq_keras.evaluation.merge import merge_report_files
+from sq_keras.evaluation.merge import merge_reports
+from sq_keras.evaluation.merge import read_report
 from sq_keras.evaluation.registry import ATTACKS
 from sq_keras.evaluation.registry import BPDA_ATTACKS
 from sq_keras.evaluation.registry import DOUBLED
@@ -93,6 +98,7 @@ from sq_keras.evaluation.registry import bpda_name
 from sq_keras.evaluation.registry import resolve_attacks
 from sq_keras.evaluation.report import Report
 from sq_keras.evaluation.report import eps_key
+from sq_keras.evaluation.report import percent
 from sq_keras.evaluation.suite import LARGE_EPS
 from sq_keras.evaluation.suite import evaluate
 from sq_keras.evaluation.suite import sweep_eps
@@ -122,6 +128,7 @@ __all__ = [
     "AttackSettings",
     "AttackSpec",
     "BatchStore",
+    "MergeError",
     "Preset",
     "Registry",
     "Report",
@@ -140,8 +147,12 @@ __all__ = [
     "load_examples",
     "load_target",
     "masking_checks",
+    "merge_report_files",
+    "merge_reports",
+    "percent",
     "plot_examples",
     "plot_sweep",
+    "read_report",
     "resolve_attacks",
     "run_attack",
     "sweep_eps",

@@ -17,6 +17,11 @@ def eps_key(eps):
     return f"{eps:g}"
 
 
+def percent(count, total):
+    """`count` of `total` examples as the report's percentage (4 decimals)."""
+    return round(100.0 * (count / total), 4)
+
+
 @dataclasses.dataclass(kw_only=True)
 class Report:
     """Results of `evaluate`, in the field order of the JSON file.
@@ -91,3 +96,15 @@ class Report:
             if field.name not in ("metadata", "examples")
         }
         return jsonio.jsonable({**fields, **self.metadata})
+
+    @classmethod
+    def from_json(cls, data):
+        """The `Report` of a JSON dict written by `to_json` (or `write_report`).
+
+        Keys that are not fields go to `metadata`, but for `files` (the paths
+        `write_report` added); `examples` stays None.
+        """
+        names = {field.name for field in dataclasses.fields(cls)} - {"metadata", "examples"}
+        fields = {key: value for key, value in data.items() if key in names}
+        extra = {key: value for key, value in data.items() if key not in names | {"files"}}
+        return cls(**fields, metadata=extra)

@@ -33,6 +33,7 @@ from sq_keras.evaluation.registry import AttackSettings
 from sq_keras.evaluation.registry import Registry
 from sq_keras.evaluation.report import Report
 from sq_keras.evaluation.report import eps_key
+from sq_keras.evaluation.report import percent
 
 LARGE_EPS = 0.5
 NUM_ROBUST_EXAMPLES = 1000  # Indices of robust examples kept in the report.
@@ -57,7 +58,7 @@ def sweep_eps(eps_values, *, add_large_eps=True):
 
 
 def _percent(flags):
-    return round(100.0 * float(np.mean(flags)), 4)
+    return percent(int(np.count_nonzero(flags)), len(flags))
 
 
 class AttackResults:

@@ -165,7 +165,9 @@ def write_report(report, output, *, class_names=None, logdir=None):
 
     Files: `output` (JSON, written atomically), `<stem>_sweep.png` (robust
     accuracy vs eps) and `<stem>_examples.png` (clean vs adversarial with
-    predictions), plus TensorBoard summaries in `logdir` when given.
+    predictions; only when the report holds its `examples`, which a report
+    read back from JSON or merged from shards does not), plus TensorBoard
+    summaries in `logdir` when given.
 
     Args:
         report: A `Report` from `evaluate`.
@@ -178,15 +180,13 @@ def write_report(report, output, *, class_names=None, logdir=None):
     """
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     stem = os.path.splitext(os.path.abspath(output))[0]
-    files = {
-        "json": os.path.abspath(output),
-        "sweep_plot": f"{stem}_sweep.png",
-        "examples_plot": f"{stem}_examples.png",
-    }
+    files = {"json": os.path.abspath(output), "sweep_plot": f"{stem}_sweep.png"}
     plot_sweep(report, files["sweep_plot"])
-    plot_examples(report, files["examples_plot"], class_names=class_names)
+    if report.examples is not None:
+        files["examples_plot"] = f"{stem}_examples.png"
+        plot_examples(report, files["examples_plot"], class_names=class_names)
     if logdir:
-        write_tensorboard(report, logdir, files["examples_plot"])
+        write_tensorboard(report, logdir, files.get("examples_plot"))
         files["logdir"] = os.path.abspath(logdir)
     written = {**report.to_json(), "files": files}
     jsonio.write_json(output, written)

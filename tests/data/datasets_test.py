@@ -38,6 +38,19 @@ class LoadLocalTest(parameterized.TestCase):
         tail, _ = data.load_arrays("mnist", "train[59990:]")
         self.assertEqual(len(tail), 10)
 
+    def test_split_slice_gives_the_bounds_load_arrays_uses(self):
+        self.assertEqual(data.split_slice("test[2500:5000]"), ("test", 2500, 5000))
+        self.assertEqual(data.split_slice("train[:100]"), ("train", None, 100))
+        self.assertEqual(data.split_slice("test"), ("test", None, None))
+        _, start, stop = data.split_slice("test[20:30]")
+        images, _ = data.load_arrays("mnist", "test")
+        np.testing.assert_array_equal(
+            data.load_arrays("mnist", "test[20:30]")[0], images[start:stop]
+        )
+        for split in ("test[a:b]", "test[1:2", None):
+            with self.assertRaisesRegex(ValueError, "sliced like 'train\\[:1000\\]'"):
+                data.split_slice(split)
+
     def test_dataset_is_float_in_unit_interval(self):
         ds = data.load("mnist", "test[:64]")
         x, y = next(iter(ds.batch(64)))

@@ -45,6 +45,21 @@ class ReportTest(absltest.TestCase):
         self.assertEqual(written["split"], "test[:100]")
         self.assertNotIn("examples", written)
 
+    def test_from_json_reads_back_the_written_report(self):
+        report = fake_report({"pgd": {0.3: 40.0, 0.5: 0.0}})
+        report.metadata.update(dataset="mnist", split="test[:100]")
+        written = {**report.to_json(), "files": {"json": "/tmp/report.json"}}
+        loaded = evaluation.Report.from_json(written)
+        self.assertEqual(loaded.to_json(), report.to_json())
+        self.assertEqual(loaded.metadata, {"dataset": "mnist", "split": "test[:100]"})
+        self.assertEqual(loaded.robust_accuracy("pgd", 0.3), 40.0)
+        self.assertIsNone(loaded.examples)
+
+    def test_percent_counts_examples(self):
+        self.assertEqual(evaluation.percent(1, 3), 33.3333)
+        self.assertEqual(evaluation.percent(60, 60), 100.0)
+        self.assertEqual(evaluation.percent(0, 7), 0.0)
+
     def test_accessors(self):
         report = fake_report({"pgd": {0.3: 40.0, 0.5: 0.0}})
         self.assertEqual(report.robust_accuracy("pgd", 0.5), 0.0)

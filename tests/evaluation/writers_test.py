@@ -33,6 +33,15 @@ class WriteReportTest(absltest.TestCase):
         self.assertIn("worst case", table)
         self.assertIn("masking checks", table)
 
+    def test_report_read_back_from_json_writes_without_examples_figure(self):
+        report = evaluation.Report.from_json(report_of("natural").to_json())
+        output = os.path.join(self.create_tempdir().full_path, "again.json")
+        written = evaluation.write_report(report, output)
+        self.assertEqual(sorted(written["files"]), ["json", "sweep_plot"])
+        self.assertTrue(os.path.getsize(written["files"]["sweep_plot"]) > 1000)
+        self.assertFalse(os.path.exists(output.replace(".json", "_examples.png")))
+        self.assertEqual({k: v for k, v in written.items() if k != "files"}, report.to_json())
+
     def test_metadata_keys_are_top_level_after_the_report(self):
         report = report_of("natural")
         report.metadata["split"] = "test"
