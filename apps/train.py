@@ -180,6 +180,13 @@ _MODEL_DIR = flags.DEFINE_string(
 _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "SavedModel directory; default: saved_models/<dataset>_<method>."
 )
+_EXPORT_POLICY = flags.DEFINE_enum(
+    "export_policy",
+    _DEFAULTS.export_policy,
+    list(training.EXPORT_POLICIES),
+    "Dtype policy of the SavedModel: training (the --mixed_precision policy) or float32 "
+    "(the graph apps.evaluate attacks: served predictions equal the evaluated ones).",
+)
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",
     None,
@@ -248,6 +255,7 @@ def _train_config(policy):
         deterministic=_DETERMINISTIC.value,
         model_dir=_MODEL_DIR.value or os.path.join("runs", name),
         export_dir=_EXPORT_DIR.value or os.path.join("saved_models", name),
+        export_policy=_EXPORT_POLICY.value,
         data_dir=_DATA_DIR.value,
         mixed_precision=policy,
         strategy=_STRATEGY.value,

@@ -11,6 +11,10 @@ served = tf.saved_model.load(path)                      # .../mnist_sq_noisy/1
 out = served.signatures["serving_default"](images=batch)  # float32 in [0, 1]
 out = served.signatures["serve_uint8"](images=raw)        # uint8 in [0, 255]
 out["logits"], out["probabilities"], out["classes"]
+
+# A model trained under mixed_bfloat16, served in float32: the graph that
+# sq_keras.evaluation attacks, so served predictions equal the evaluated ones.
+export_saved_model(model, "saved_models/mnist_sq_noisy", policy="float32")
 ```
 
 Inputs are checked inside the graph: a batch with the wrong rank, size or
@@ -27,6 +31,8 @@ import tempfile
 
 import keras
 import tensorflow as tf
+
+from sq_keras import precision
 
 METADATA_FILE = "sq_keras_metadata.json"
 SIGNATURES = ("serving_default", "serve_uint8")
@@ -84,7 +90,7 @@ def _check_images(images, shape):
         return tf.identity(images)
 
 
-def export_saved_model(model, base_dir, *, version=None, metadata=None):
+def export_saved_model(model, base_dir, *, version=None, metadata=None, policy=None):
     """Writes `model` as version `version` of a SavedModel under `base_dir`.
 
     Signatures (both return float32 `logits` and `probabilities` and int64
@@ -103,6 +109,10 @@ def export_saved_model(model, base_dir, *, version=None, metadata=None):
             An existing version of that number is replaced.
         metadata: Optional JSON-serialisable dict stored as
             `assets.extra/sq_keras_metadata.json` inside the version.
+        policy: Keras dtype policy the exported graph computes in, e.g.
+            "float32" for the graph `sq_keras.evaluation` attacks: a
+            functional `model` is exported as its copy under it
+            (`sq_keras.precision.to_policy`). None: the model as it is.
 
     Returns:
         The path of the written version directory.
@@ -118,6 +128,8 @@ def export_saved_model(model, base_dir, *, version=None, metadata=None):
         raise ValueError(f"`version` must be a positive integer. Received: version={version}")
     os.makedirs(base_dir, exist_ok=True)
     target = os.path.join(base_dir, str(version))
+    if policy is not None:
+        model = precision.to_policy(model, policy)
     shape = tuple(int(d) for d in model.input_shape[1:])
 
     def serve_float(images):

@@ -1,6 +1,7 @@
 """Tests for sq_keras.precision."""
 
 import contextlib
+import dataclasses
 import json
 import os
 from unittest import mock
@@ -12,6 +13,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from sq_keras import data
+from sq_keras import evaluation
+from sq_keras import export
 from sq_keras import precision
 from sq_keras import training
 
@@ -142,6 +145,53 @@ class MixedPrecisionTrainingTest(parameterized.TestCase):
         out = signature(images=tf.constant(images.astype(np.float32) / 255.0))
         self.assertEqual(out["logits"].dtype, tf.float32)
         self.assertTrue(np.all(np.isfinite(out["logits"].numpy())))
+
+    def test_a_mixed_run_exports_the_float32_graph_it_is_evaluated_in_when_asked(self):
+        precision.set_policy("mixed_bfloat16")
+        root = self.create_tempdir().full_path
+        config = training.TrainConfig(
+            method="sq_noisy",
+            epochs=1,
+            train_examples=256,
+            batch_size=64,
+            grad_examples=16,
+            eval_examples=64,
+            mixed_precision="mixed_bfloat16",
+            model_dir=os.path.join(root, "run"),
+            export_dir=os.path.join(root, "export"),
+            export_policy="float32",
+        )
+        results = training.train(config, log=lambda line: None)
+        # A rerun asking for the training policy exports that graph as the next version.
+        lines = []
+        as_trained = training.train(
+            dataclasses.replace(config, export_policy="training"), log=lines.append
+        )
+        training.train(dataclasses.replace(config, export_policy="training"), log=lines.append)
+        keras.mixed_precision.set_global_policy("float32")
+        self.assertEqual(export.versions(config.export_dir), [1, 2])
+        self.assertIn("its SavedModel is", lines[-1])
+        self.assertEqual(
+            [_metadata(r["export_path"])["policy"] for r in (results, as_trained)],
+            ["float32", "mixed_bfloat16"],
+        )
+        images, _ = data.load_arrays("mnist", "test[:64]")
+        x = images.astype(np.float32) / 255.0
+        evaluated = evaluation.load_target(config.model_dir, policy="float32").model_fn(x)
+        float32 = _serve(results["export_path"], x)
+        np.testing.assert_array_equal(float32["logits"], evaluated)
+        bfloat16 = _serve(as_trained["export_path"], x)
+        self.assertGreater(np.abs(bfloat16["logits"] - evaluated).max(), 0.0)
+
+
+def _metadata(export_path):
+    with open(os.path.join(export_path, "assets.extra", export.METADATA_FILE)) as f:
+        return json.load(f)
+
+
+def _serve(export_path, images):
+    out = tf.saved_model.load(export_path).signatures["serving_default"](images=images)
+    return {name: value.numpy() for name, value in out.items()}
 
 
 if __name__ == "__main__":

@@ -137,13 +137,16 @@ class TrainAppTest(parameterized.TestCase):
             "--eval_examples=100",
             f"--model_dir={tmp}/run",
             f"--export_dir={tmp}/export",
+            "--export_policy=float32",
         ]
         self.assertEqual(run_train(*common, "--epochs=2").returncode, 0)
         export = os.path.join(tmp, "export", "1")
+        with open(os.path.join(export, "assets.extra", "sq_keras_metadata.json")) as f:
+            self.assertEqual(json.load(f)["policy"], "float32")
         same = run_train(*common, "--epochs=2")
         self.assertEqual(same.returncode, 0, same.stderr[-3000:])
         self.assertIn("already finished after 2 epochs", same.stdout)
-        self.assertIn(f"its SavedModel is {export}", same.stdout)
+        self.assertIn(f"its SavedModel is {export} (policy float32)", same.stdout)
         self.assertNotIn("Epoch ", same.stdout)
         fewer = run_train(*common, "--epochs=1")
         self.assertNotEqual(fewer.returncode, 0)

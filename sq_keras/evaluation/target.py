@@ -17,6 +17,7 @@ import sq_keras.layers  # noqa: F401  (registers SoftQuantization for load_model
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import export
+from sq_keras.precision import to_policy
 
 
 @dataclasses.dataclass
@@ -38,72 +39,6 @@ class Target:
     has_quantizer: bool = False
     config: dict = dataclasses.field(default_factory=dict)
     input_shape: tuple = None
-
-
-# Layers whose weights only enter through `cast(weight, compute_dtype)`: with
-# a mixed policy they may as well store them in the compute dtype (the same
-# rounding, done once instead of at every call).
-_CAST_ONLY_LAYERS = frozenset(
-    {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
-)
-
-
-def _output_names(config):
-    entries = config.get("output_layers", [])
-    if entries and isinstance(entries[0], str):  # A single output: [name, 0, 0].
-        entries = [entries]
-    return {entry[0] for entry in entries}
-
-
-def _set_policy(layers, *, policy, compute_policy, outputs):
-    """Sets the dtype policy in layer configs, recursing into nested models."""
-    for layer in layers:
-        if layer["class_name"] in ("InputLayer", "SoftQuantization"):
-            continue
-        if "layers" in layer["config"]:  # A nested model.
-            _set_policy(
-                layer["config"]["layers"],
-                policy=policy,
-                compute_policy=compute_policy,
-                outputs=outputs,
-            )
-        elif layer["config"].get("name") not in outputs:
-            cast_only = layer["class_name"] in _CAST_ONLY_LAYERS
-            layer["config"]["dtype"] = compute_policy if cast_only else policy
-
-
-def to_policy(model, policy, *, weights_in_compute_dtype=True):
-    """Rebuilds a functional model with `policy` on every layer, nested models'
-    included, but the inputs, the soft quantizers and the output layers (which
-    stay float32).
-
-    The copy is for attacks, which never update weights: with a mixed policy
-    ("mixed_bfloat16"), plain convolution and Dense layers keep their weights
-    in the compute dtype if `weights_in_compute_dtype` (outputs identical,
-    no per-call cast of every kernel).
-
-    Args:
-        model: A functional `keras.Model`.
-        policy: Keras dtype policy name, e.g. "float32" or "mixed_bfloat16".
-        weights_in_compute_dtype: Store cast-only layers' weights in the
-            compute dtype of a mixed policy.
-
-    Returns:
-        A new `keras.Model` with the same weights.
-    """
-    config = model.get_config()
-    compute_policy = policy
-    if weights_in_compute_dtype and policy.startswith("mixed_"):
-        compute_policy = policy[len("mixed_") :]
-    _set_policy(
-        config.get("layers", []),
-        policy=policy,
-        compute_policy=compute_policy,
-        outputs=_output_names(config),
-    )
-    rebuilt = model.__class__.from_config(config)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
 
 
 def _read_config(directory):

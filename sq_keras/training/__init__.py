@@ -37,6 +37,7 @@ measurements), `rundir` (the run directory), `loop` (`train`).
 from sq_keras.training.components import build_components
 from sq_keras.training.components import build_optimizer
 from sq_keras.training.components import quantizer_settings
+from sq_keras.training.config import EXPORT_POLICIES
 from sq_keras.training.config import TrainConfig
 from sq_keras.training.errors import TrainingError
 from sq_keras.training.free import FreeUpdate
@@ -70,6 +71,7 @@ from sq_keras.training.steps import gradnorm_loss
 
 __all__ = [
     "ALPHA_SCHEDULES",
+    "EXPORT_POLICIES",
     "FREE_INITS",
     "FREE_MEMORIES",
     "FreeUpdate",

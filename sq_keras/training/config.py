@@ -27,6 +27,10 @@ from sq_keras.training.perturbation_memory import MEMORY_DTYPES
 from sq_keras.training.schedules import ALPHA_SCHEDULES
 from sq_keras.training.schedules import LR_SCHEDULES
 
+# What the exported SavedModel computes in: "training", the run's
+# `mixed_precision` policy, or "float32", the graph `apps.evaluate` attacks.
+EXPORT_POLICIES = ("training", "float32")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -89,6 +93,10 @@ class TrainConfig:
         model_dir: Where checkpoints, logs, config and results go.
         export_dir: Base directory of the SavedModel versions (TensorFlow
             Serving layout, `<export_dir>/<version>/`); None for no export.
+        export_policy: Dtype policy of the export, one of `EXPORT_POLICIES`:
+            "training" (the `mixed_precision` policy) or "float32" (the graph
+            `sq_keras.evaluation` attacks, so that served predictions equal
+            the evaluated ones, at float32's serving cost).
         data_dir: Local dataset directory (a relative one is made absolute
             by `fill_defaults`); None for $SQ_KERAS_DATA_DIR/tfds.
         mixed_precision: The resolved Keras dtype policy name in force.
@@ -143,6 +151,7 @@ class TrainConfig:
     deterministic: bool = False
     model_dir: str = "runs/default"
     export_dir: str = None
+    export_policy: str = "training"
     data_dir: str = None
     mixed_precision: str = "float32"
     strategy: str = "default"
@@ -182,6 +191,13 @@ class TrainConfig:
             return self.free_step_size
         spec = METHODS.get(method)
         return scale * eps if spec is not None and spec.step == "free" else None
+
+    @property
+    def exported_policy(self):
+        """The Keras dtype policy name the exported SavedModel computes in."""
+        if self.export_policy == "training":
+            return self.mixed_precision
+        return self.export_policy
 
     def validate(self):
         """Returns `self` if every check passes.
@@ -299,6 +315,7 @@ _CHECKS = (
     _one_of("stand_in", attacks.STAND_INS),
     _at_least("train_examples", 1, optional=True),
     _one_of("strategy", distribute.STRATEGIES),
+    _one_of("export_policy", EXPORT_POLICIES),
     _one_of("augment", data.AUGMENTATIONS),
     _one_of("noise", data.NOISE_KINDS),
     _check(

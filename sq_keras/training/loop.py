@@ -304,7 +304,13 @@ def _results(run, model_path):
         "alpha": [float(layer.alpha.numpy()) for layer in quantizers],
         "model_path": model_path,
         "export_path": None,
+        "export_policy": None,
     }
+
+
+def _rebuilt_policy(config):
+    """The policy the model is rebuilt under for export; None to export it as trained."""
+    return None if config.export_policy == "training" else config.exported_policy
 
 
 def _export(run, results):
@@ -316,10 +322,13 @@ def _export(run, results):
         "eps": config.eps,
         "class_names": list(run.source.class_names),
         "test_accuracy": results["test_accuracy"],
+        "policy": config.exported_policy,
         **provenance.environment(),
     }
     try:
-        return export.export_saved_model(run.model, config.export_dir, metadata=metadata)
+        return export.export_saved_model(
+            run.model, config.export_dir, metadata=metadata, policy=_rebuilt_policy(config)
+        )
     except OSError as e:
         raise TrainingError(f"Cannot export to {config.export_dir}: {e}") from e
 
@@ -330,11 +339,12 @@ def _finish(run, first_epoch, log):
     A finished run rerun as is trains nothing and keeps its model, results
     and export: its `model.keras` is not saved again, so the file's digest,
     which resumable evaluations record, stays the same. It is exported only
-    if it never was and `export_dir` asks for it now.
+    if `export_dir` asks for an export it lacks: its first, or one under
+    another `export_policy`.
     """
     config = run.config
     previous = _finished_results(run, first_epoch) if first_epoch >= config.epochs else None
-    if previous is not None and (previous.get("export_path") or not config.export_dir):
+    if previous is not None and _has_the_export_asked_for(previous, config):
         log(_already_finished_message(config.model_dir, previous))
         return previous
     # A finished run asked for its first export keeps its saved model.
@@ -343,7 +353,8 @@ def _finish(run, first_epoch, log):
         return results
     if config.export_dir:
         results["export_path"] = _export(run, results)
-        log(f"Exported SavedModel to {results['export_path']}")
+        results["export_policy"] = config.exported_policy
+        log(f"Exported SavedModel to {results['export_path']} (policy {config.exported_policy})")
     run.run_dir.write_results(results)
     log(
         f"Done: test accuracy {results['test_accuracy']:.4f} after {len(run.history)} "
@@ -352,12 +363,24 @@ def _finish(run, first_epoch, log):
     return results
 
 
+def _has_the_export_asked_for(results, config):
+    """Whether a finished run's `results` name the export `config` asks for, if any.
+
+    Results recorded before `export_policy` existed exported the run's
+    `mixed_precision` policy.
+    """
+    if not config.export_dir:
+        return True
+    exported = results.get("export_policy") or config.mixed_precision
+    return bool(results.get("export_path")) and exported == config.exported_policy
+
+
 def _already_finished_message(model_dir, results):
     """What a rerun of a finished run says: the run, and where its export is."""
-    export_path = results.get("export_path")
+    export_path, policy = results.get("export_path"), results.get("export_policy")
     where = "it was not exported (pass --export_dir to export it)"
     if export_path:
-        where = f"its SavedModel is {export_path}"
+        where = f"its SavedModel is {export_path}" + (f" (policy {policy})" if policy else "")
     return (
         f"{model_dir} holds this run, already finished after {results['epochs_done']} epochs "
         f"(test accuracy {results['test_accuracy']:.4f}); {where}. Nothing was trained, "

@@ -36,6 +36,7 @@ from sq_keras.training.errors import TrainingError
 RESUME_FREE_KEYS = (
     "epochs",
     "export_dir",
+    "export_policy",
     "data_dir",
     "overwrite",
     "environment",

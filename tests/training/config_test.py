@@ -24,6 +24,7 @@ class TrainConfigTest(parameterized.TestCase):
         ("pgd_steps", {"pgd_steps": 0}, "pgd_steps must be"),
         ("adv_fraction", {"adv_fraction": 1.5}, "adv_fraction must be"),
         ("stand_in", {"stand_in": "zero"}, "stand_in must be one of"),
+        ("export_policy", {"export_policy": "bfloat16"}, "export_policy must be one of"),
         ("eps_warmup_steps", {"eps_warmup_steps": -1}, "eps_warmup_steps must be"),
         (
             "eps_warmup_without_an_attack",
@@ -119,6 +120,12 @@ class TrainConfigTest(parameterized.TestCase):
         self.assertEqual(filled.fgsm_step_size, 1.25 * filled.eps)
         with self.assertRaisesRegex(ValueError, "epochs must be >= 1"):
             filled.validate()
+
+    def test_the_exported_policy_is_the_training_one_unless_float32_is_asked_for(self):
+        mixed = training.TrainConfig(mixed_precision="mixed_bfloat16")
+        self.assertEqual(mixed.resolved().exported_policy, "mixed_bfloat16")
+        exact = dataclasses.replace(mixed, export_policy="float32").resolved()
+        self.assertEqual(exact.exported_policy, "float32")
 
     def test_a_relative_data_dir_is_recorded_absolute(self):
         config = training.TrainConfig(data_dir="../shared/data").resolved()
