@@ -41,6 +41,7 @@ from sq_keras import provenance  # noqa: E402
 from sq_keras import training  # noqa: E402
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Seeds; each trains both ways.")
+_WAYS = flags.DEFINE_list("ways", ["apps.train", "fit"], "Which ways to train: apps.train, fit.")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 50_000, "First N training images.")
 _HOLDOUT = flags.DEFINE_string("holdout", "train[50000:50500]", "Images attacked.")
@@ -138,7 +139,8 @@ def main(argv):
     policy = precision.set_policy("auto")
     rows = []
     for seed in map(int, _SEEDS.value):
-        for way, train in (("apps.train", train_with_apps_train), ("fit", train_with_fit)):
+        ways = (("apps.train", train_with_apps_train), ("fit", train_with_fit))
+        for way, train in (w for w in ways if w[0] in _WAYS.value):
             out_dir = os.path.join(_WORKDIR.value, f"{way.replace('.', '_')}_seed{seed}")
             path, seconds = train(seed, out_dir)
             clean, worst = attack(path, os.path.join(out_dir, "holdout_report.json"))

@@ -195,6 +195,39 @@ def _with_index_inputs(x, method):
     )
 
 
+def epoch_shuffled_batches(x, y, batch_size, *, seed):
+    """Batches of the arrays `(x, y)` in a new order every epoch, fixed by `seed`.
+
+    `x` is a dict (or any structure) of arrays with the same first dimension
+    as `y`. The arrays stay whole in the input pipeline and each batch is
+    gathered from them, as Keras's own array adapter does; unlike it, the
+    order changes from one epoch (one pass over the dataset) to the next
+    whatever the global random seed.
+    """
+    n = len(y)
+    order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    arrays = tf.data.Dataset.from_tensors((x, y)).repeat()
+    batches = tf.data.Dataset.zip((order.batch(batch_size), arrays))
+
+    def gather(indices, data):
+        return tf.nest.map_structure(lambda a: tf.gather(a, indices), data)
+
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _split_validation(x, y, fraction):
+    """The last `fraction` of the arrays as `validation_data`, as Keras splits them."""
+    n = len(y)
+    cut = n - int(n * fraction)
+    if cut <= 0 or cut >= n:
+        raise ValueError(
+            f"`validation_split` leaves no training or no validation examples of {n}. "
+            f"Received: validation_split={fraction}"
+        )
+    head = {k: v[:cut] for k, v in x.items()}
+    return head, y[:cut], (x[IMAGES][cut:], y[cut:])
+
+
 def _split_inputs(x):
     """`(images, indices)` of a batch; indices None for plain images."""
     if isinstance(x, dict):
@@ -456,20 +489,54 @@ class RobustModel(keras.Model):
             per_example += tf.cast(tf.add_n(self.losses), per_example.dtype)
         return per_example, logits
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        **kwargs,
+    ):
         """`keras.Model.fit`; the free methods' memory is made on the first call.
 
         For a free method with a memory, arrays of images are indexed
         `0..N-1` in the order given (shuffling moves the index with its
         image), and the memory is created for `N` examples unless
-        `num_train` was given.
+        `num_train` was given. With `shuffle`, such arrays are reshuffled
+        every epoch by `RobustModel` itself (`epoch_shuffled_batches`): after
+        `keras.utils.set_random_seed`, Keras's own shuffling of arrays
+        repeats one order every epoch, and free training with a memory
+        collapses on a repeated order (see docs/keras.md).
         """
         if self._keeps_memory and not isinstance(x, tf.data.Dataset):
+            if kwargs.get("sample_weight") is not None or kwargs.get("class_weight") is not None:
+                raise ValueError("RobustModel does not support sample weights or class weights.")
             x = _with_index_inputs(x, self.method)
             self._check_indices(np.asarray(x[INDICES]))
+            if shuffle:
+                if validation_split and validation_data is None:
+                    x, y, validation_data = _split_validation(x, y, validation_split)
+                x = epoch_shuffled_batches(x, y, batch_size or 32, seed=self._config.seed)
+                y, batch_size, validation_split, shuffle = None, None, 0.0, False
         if self._keeps_memory and self.perturbations is None:
-            self._build_memory(x, kwargs.get("verbose", "auto"))
-        return super().fit(x, y, *args, **kwargs)
+            self._build_memory(x, verbose)
+        return super().fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            verbose=verbose,
+            callbacks=callbacks,
+            validation_split=validation_split,
+            validation_data=validation_data,
+            shuffle=shuffle,
+            **kwargs,
+        )
 
     def _check_indices(self, indices):
         """Sets `num_train` from the first indices given; refuses any beyond it."""

@@ -263,6 +263,38 @@ class RobustModelFreeTest(parameterized.TestCase):
             nearest = np.abs(batch[:, None] - images[None]).max(axis=(2, 3, 4)).min(axis=1)
             self.assertLessEqual(nearest.max(), 0.3 + 1e-6)
 
+    def test_arrays_are_visited_in_a_new_order_every_epoch_after_a_global_seed(self):
+        # Keras's own shuffling of arrays repeats one order every epoch after
+        # keras.utils.set_random_seed; free training collapses on a repeated order.
+        images, labels = _mnist("train", 256)
+        model = _RecordingIndices(
+            _user_cnn(), method="sq_free", eps=0.3, add_quantizer=True, num_train=256
+        )
+        model.compile(optimizer="adam", run_eagerly=True)
+        keras.utils.set_random_seed(0)
+        model.fit(images, labels, batch_size=64, epochs=3, verbose=0)
+        epochs = [np.concatenate(model.orders[4 * e : 4 * (e + 1)]) for e in range(3)]
+        for order in epochs:
+            self.assertEqual(sorted(order.tolist()), list(range(256)))
+        self.assertFalse(np.array_equal(epochs[0], epochs[1]))
+        self.assertFalse(np.array_equal(epochs[1], epochs[2]))
+        # Each image still comes with its own index and label.
+        for batch_images, batch_indices, batch_labels in model.batches:
+            np.testing.assert_array_equal(batch_images, images[batch_indices])
+            np.testing.assert_array_equal(batch_labels, labels[batch_indices])
+
+    def test_validation_split_holds_out_the_last_examples(self):
+        images, labels = _mnist("train", 160)
+        model = _RecordingIndices(
+            _user_cnn(), method="sq_free", eps=0.3, add_quantizer=True, num_train=160
+        )
+        model.compile(optimizer="adam", metrics=["accuracy"], run_eagerly=True)
+        history = model.fit(
+            images, labels, batch_size=64, epochs=1, validation_split=0.2, verbose=0
+        )
+        self.assertEqual(sorted(np.concatenate(model.orders).tolist()), list(range(128)))
+        self.assertIn("val_accuracy", history.history)
+
     def test_one_fit_step_is_the_apps_train_step(self):
         images, labels = _mnist("train", 64)
         config = training.TrainConfig(method="sq_free", mixed_precision="float32").resolved()
@@ -378,6 +410,21 @@ class RobustModelFreeTest(parameterized.TestCase):
         self.assertAlmostEqual(result["single_loss"], result["mirrored_loss"], places=5)
         # The weights and, last, the memory.
         self.assertLess(result["max_weight_diff"], 1e-5)
+
+
+class _RecordingIndices(sq_keras.RobustModel):
+    """Keeps the images, indices and labels of every batch `train_step` got."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.orders, self.batches = [], []
+
+    def train_step(self, data):
+        inputs, labels = data
+        indices = np.array(inputs["indices"])
+        self.orders.append(indices)
+        self.batches.append((np.array(inputs["images"]), indices, np.array(labels)))
+        return super().train_step(data)
 
 
 class _KillAfterEpoch(keras.callbacks.Callback):
