@@ -345,15 +345,8 @@ class RobustModel(keras.Model):
 
     def _memory_variable(self, image_shape):
         """The per-example memory, as `apps.train`'s step initialises it."""
-        config = self._config
-        perturbation_memory.check_memory_fits(self.num_train, image_shape, config.free_memory_dtype)
-        initial = perturbation_memory.initial_memory(
-            self.num_train,
-            image_shape,
-            eps=config.eps,
-            init=config.free_init,
-            dtype=config.free_memory_dtype,
-            seed=config.seed,
+        initial = free.initial_memory_value(
+            self._config, num_train=self.num_train, image_shape=image_shape
         )
         return keras.Variable(
             initial,
@@ -430,9 +423,7 @@ class RobustModel(keras.Model):
         """The free methods' `PerturbationMemory` or `ReplayStart`."""
         config = self._config
         if not self._keeps_memory:
-            return perturbation_memory.ReplayStart(
-                eps=config.eps, init=config.free_init, seed=config.seed
-            )
+            return free.replay_start(config)
         if self.perturbations is None:
             raise RuntimeError(
                 f"Method {self.method} keeps one perturbation per training example and has "

@@ -136,6 +136,28 @@ def signed_step(x_adv, gradient, images, *, eps, step_size, skip_non_finite=True
     return attacks.clip_to_bounds(attacks.project_linf(moved, images, eps))
 
 
+def replay_start(config):
+    """The memory-less start of `config.free_memory = "none"`."""
+    return ReplayStart(eps=config.eps, init=config.free_init, seed=config.seed)
+
+
+def initial_memory_value(config, *, num_train, image_shape):
+    """The per-example memory's initial value, once it is known to fit in memory.
+
+    Raises:
+        MemoryBudgetError: The memory would not fit in the host's memory.
+    """
+    check_memory_fits(num_train, image_shape, config.free_memory_dtype)
+    return initial_memory(
+        num_train,
+        image_shape,
+        eps=config.eps,
+        init=config.free_init,
+        dtype=config.free_memory_dtype,
+        seed=config.seed,
+    )
+
+
 def make_memory(config, *, num_train, image_shape):
     """The `config.free_memory` kind of memory, its variable created in the current scope.
 
@@ -148,21 +170,13 @@ def make_memory(config, *, num_train, image_shape):
         ValueError: "example" without `num_train`.
     """
     if config.free_memory == "none":
-        return ReplayStart(eps=config.eps, init=config.free_init, seed=config.seed)
+        return replay_start(config)
     if not num_train:
         raise ValueError(
             f"Method {config.method} keeps one perturbation per training example and needs "
             "`num_train`, the size of the training set (or free_memory='none')."
         )
-    check_memory_fits(num_train, image_shape, config.free_memory_dtype)
-    initial = initial_memory(
-        num_train,
-        image_shape,
-        eps=config.eps,
-        init=config.free_init,
-        dtype=config.free_memory_dtype,
-        seed=config.seed,
-    )
+    initial = initial_memory_value(config, num_train=num_train, image_shape=image_shape)
     return PerturbationMemory(memory_variable(initial), eps=config.eps)
 
 
