@@ -106,6 +106,12 @@ _KEEP_EPOCH_WEIGHTS = flags.DEFINE_bool(
     _DEFAULTS.keep_epoch_weights,
     "Also save the weights after every epoch to <model_dir>/epochs/.",
 )
+_EMA_DECAY = flags.DEFINE_float(
+    "ema_decay",
+    _DEFAULTS.ema_decay,
+    "Decay of an exponential moving average of the weights, per update (0: none); the "
+    "average is evaluated, saved and exported instead of the last weights.",
+)
 _FGSM_STEP_SIZE = flags.DEFINE_float(
     "fgsm_step_size", None, "Step of fgsm_rs and sq_fgsm; default: 1.25 * --eps."
 )
@@ -239,6 +245,7 @@ def _train_config(policy):
         fgsm_step_size=_FGSM_STEP_SIZE.value,
         eps_warmup_steps=_EPS_WARMUP_STEPS.value,
         keep_epoch_weights=_KEEP_EPOCH_WEIGHTS.value,
+        ema_decay=_EMA_DECAY.value,
         adv_fraction=_ADV_FRACTION.value,
         stand_in=_STAND_IN.value,
         gradnorm_weight=_GRADNORM_WEIGHT.value,

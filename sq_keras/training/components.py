@@ -47,6 +47,9 @@ def updates_per_batch(config):
 def build_optimizer(config, model, steps_per_epoch=None):
     """Adam, loss-scaled under `mixed_float16`, built for `model`'s variables.
 
+    With `config.ema_decay`, Adam also keeps the moving average of the
+    weights (`sq_keras.training.weight_averaging`).
+
     Args:
         config: A resolved `TrainConfig`.
         model: The model whose trainable variables the optimiser updates.
@@ -60,7 +63,8 @@ def build_optimizer(config, model, steps_per_epoch=None):
     total_steps = None
     if steps_per_epoch:
         total_steps = config.epochs * steps_per_epoch * updates_per_batch(config)
-    optimizer = keras.optimizers.Adam(learning_rate(config, total_steps))
+    ema = {"use_ema": True, "ema_momentum": config.ema_decay} if config.ema_decay else {}
+    optimizer = keras.optimizers.Adam(learning_rate(config, total_steps), **ema)
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)

@@ -114,6 +114,11 @@ class TrainConfig:
         keep_epoch_weights: Also save the weights after every epoch as
             `<model_dir>/epochs/epoch_<NNN>.weights.h5` (e.g. to measure how
             robustness grows during training).
+        ema_decay: Keep an exponential moving average of the trainable
+            weights with this decay per optimizer update (0: none). The
+            average, not the last weights, is what the run evaluates after
+            every epoch, saves as `model.keras`, keeps per epoch and exports;
+            checkpoints hold both, so a resumed run continues both.
     """
 
     dataset: str = "mnist"
@@ -161,6 +166,7 @@ class TrainConfig:
     overwrite: bool = False
     keep_epoch_weights: bool = False
     eps_warmup_steps: int = 0
+    ema_decay: float = 0.0
 
     def fill_defaults(self):
         """A copy with the dataset's defaults in place of None, `data_dir` absolute."""
@@ -299,6 +305,7 @@ _CHECKS = (
     _positive("alpha_start"),
     _positive("alpha_end"),
     _at_least("eps_warmup_steps", 0),
+    _check("ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     _at_least("grad_examples", 1),
     _at_least("pgd_steps", 1),
     _positive("pgd_step_size"),

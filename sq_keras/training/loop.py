@@ -31,6 +31,7 @@ from sq_keras.training.rundir import RunDir
 from sq_keras.training.rundir import check_writable_parent
 from sq_keras.training.rundir import prepare_model_dir
 from sq_keras.training.schedules import alpha_at
+from sq_keras.training.weight_averaging import averaged_weights
 
 
 def _log(message):
@@ -47,6 +48,7 @@ class _Run:
     source: data.TrainingData
     run_dir: RunDir
     model: keras.Model = None
+    optimizer: keras.optimizers.Optimizer = None
     step: object = None
     epoch_var: tf.Variable = None
     checkpoint: tf.train.Checkpoint = None
@@ -103,7 +105,7 @@ def _build(run):
     A step with state of its own (the perturbation memory of `sq_free`) has
     it checkpointed too.
     """
-    run.model, optimizer, run.step = build_components(
+    run.model, run.optimizer, run.step = build_components(
         run.config,
         run.info,
         run.strategy,
@@ -114,7 +116,7 @@ def _build(run):
         run.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     run.checkpoint = tf.train.Checkpoint(
         model=run.model,
-        optimizer=optimizer,
+        optimizer=run.optimizer,
         epoch=run.epoch_var,
         **getattr(run.step, "state", {}),
     )
@@ -235,11 +237,15 @@ def _train_epoch(run, epoch):
 
 
 def _measure(run, record):
-    """Adds the test accuracy, input-gradient stats and quantizer state to `record`."""
-    record["test_accuracy"] = evaluate_accuracy(run.model, run.source.eval_batches())
-    record["grad_l1"], record["grad_zero_fraction"] = input_gradient_stats(
-        run.model, run.source.grad_x, run.source.grad_y
-    )
+    """Adds the test accuracy, input-gradient stats and quantizer state to `record`.
+
+    With `ema_decay` these are the averaged weights' (`weight_averaging`).
+    """
+    with averaged_weights(run.model, run.optimizer):
+        record["test_accuracy"] = evaluate_accuracy(run.model, run.source.eval_batches())
+        record["grad_l1"], record["grad_zero_fraction"] = input_gradient_stats(
+            run.model, run.source.grad_x, run.source.grad_y
+        )
     for k, layer in enumerate(layers.quantization_layers(run.model)):
         record[f"quantizer_{k}_thresholds"] = layer.thresholds.numpy().tolist()
         record["alpha"] = float(layer.alpha.numpy())
@@ -267,7 +273,8 @@ def _record_epoch(run, record):
     run.history.append(record)
     run.run_dir.write_history(run.history)
     if run.config.keep_epoch_weights:
-        run.run_dir.save_epoch_weights(run.model, record["epoch"])
+        with averaged_weights(run.model, run.optimizer):
+            run.run_dir.save_epoch_weights(run.model, record["epoch"])
     run.epoch_var.assign(record["epoch"])
     run.save_manager.save(checkpoint_number=record["epoch"])
 
@@ -336,6 +343,8 @@ def _export(run, results):
 def _finish(run, first_epoch, log):
     """Saves the model; the chief exports and writes `results.json`.
 
+    With `ema_decay` the averaged weights are saved and exported.
+
     A finished run rerun as is trains nothing and keeps its model, results
     and export: its `model.keras` is not saved again, so the file's digest,
     which resumable evaluations record, stays the same. It is exported only
@@ -347,14 +356,17 @@ def _finish(run, first_epoch, log):
     if previous is not None and _has_the_export_asked_for(previous, config):
         log(_already_finished_message(config.model_dir, previous))
         return previous
-    # A finished run asked for its first export keeps its saved model.
-    results = previous or _results(run, run.run_dir.save_model(run.model))
-    if not run.run_dir.chief:
-        return results
-    if config.export_dir:
-        results["export_path"] = _export(run, results)
-        results["export_policy"] = config.exported_policy
-        log(f"Exported SavedModel to {results['export_path']} (policy {config.exported_policy})")
+    with averaged_weights(run.model, run.optimizer):
+        # A finished run asked for its first export keeps its saved model.
+        results = previous or _results(run, run.run_dir.save_model(run.model))
+        if not run.run_dir.chief:
+            return results
+        if config.export_dir:
+            results["export_path"] = _export(run, results)
+            results["export_policy"] = config.exported_policy
+            log(
+                f"Exported SavedModel to {results['export_path']} (policy {config.exported_policy})"
+            )
     run.run_dir.write_results(results)
     log(
         f"Done: test accuracy {results['test_accuracy']:.4f} after {len(run.history)} "

@@ -1,0 +1,200 @@
+r"""Screens levers of MNIST's default recipe on held-out training images.
+
+Each candidate is MNIST's default recipe (`sq_free`, Madry CNN, 10 epochs,
+1.25 eps per visit, learning rate x0.1 for the second half) with a few
+`TrainConfig` settings changed. For each candidate in `--candidates` the
+script trains with `python -m apps.train` on the first `--train_examples`
+training images, then attacks the trained model with `python -m apps.evaluate`
+on `--holdout` training images that no candidate trained on (default: the
+recipe selection's BPDA APGD-CE + APGD-DLR on `train[50000:50500]`). Nothing
+is attacked on the test set: the screen selects, the test set only reports on
+the winner. `--time_steps` times every candidate's train step round-robin in
+one process against the `natural` step of the same architecture
+(`sq_keras.throughput`), so a lever's cost is a ratio that other load on the
+machine does not bias.
+
+Results are merged into `--output` by candidate, so runs of some candidates
+at a time (or on other machines) build one table; a rerun resumes both the
+training runs and the evaluations.
+
+Usage:
+  SQ_KERAS_DATA_DIR=../shared/data python benchmarks/lever_screen.py \
+      --candidates=default,epochs20 --output=results/mnist_lever_screen.json
+  python benchmarks/lever_screen.py --candidates=default,epochs20 --time_steps \
+      --output=results/mnist_lever_screen.json
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from sq_keras import jsonio  # noqa: E402
+from sq_keras import precision  # noqa: E402
+from sq_keras import provenance  # noqa: E402
+from sq_keras import throughput  # noqa: E402
+from sq_keras import training  # noqa: E402
+
+# name -> (what it changes, TrainConfig settings over MNIST's default recipe).
+CANDIDATES = {
+    "default": ("MNIST's default recipe, 10 epochs", {}),
+    "epochs20": ("20 epochs, the schedule scaled (drop at half)", {"epochs": 20}),
+    "epochs30": ("30 epochs, the schedule scaled (drop at half)", {"epochs": 30}),
+    "ema": ("an EMA of the weights (decay 0.999) evaluated and exported", {"ema_decay": 0.999}),
+    "ema_epochs20": (
+        "20 epochs with an EMA of the weights (decay 0.999)",
+        {"epochs": 20, "ema_decay": 0.999},
+    ),
+    "ema_epochs30": (
+        "30 epochs with an EMA of the weights (decay 0.999)",
+        {"epochs": 30, "ema_decay": 0.999},
+    ),
+}
+
+_CANDIDATES = flags.DEFINE_list("candidates", ["default"], f"Of: {', '.join(CANDIDATES)}.")
+_SEED = flags.DEFINE_integer("seed", 0, "Training seed.")
+_TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 50_000, "First N training images.")
+_HOLDOUT = flags.DEFINE_string("holdout", "train[50000:50500]", "Images attacked.")
+_ATTACKS = flags.DEFINE_string(
+    "attacks", "bpda_identity:apgd_ce,bpda_identity:apgd_dlr", "apps.evaluate --attacks."
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/lever_screen", "Runs and reports go here.")
+_OUTPUT = flags.DEFINE_string("output", None, "Merge the results into this JSON file.")
+_TRAIN = flags.DEFINE_boolean("train", True, "Train and attack the candidates.")
+_TIME_STEPS = flags.DEFINE_boolean("time_steps", False, "Time the steps round-robin.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Round-robin repeats of --time_steps.")
+
+
+def _settings(name):
+    return {"dataset": "mnist", "method": "sq_free", "seed": _SEED.value, **CANDIDATES[name][1]}
+
+
+def _run(command, log_path):
+    start = time.perf_counter()
+    with open(log_path, "ab") as log:
+        result = subprocess.run(
+            [sys.executable, "-m", *command], cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
+    return time.perf_counter() - start
+
+
+def train_and_attack(name):
+    """Trains one candidate and attacks it on the held-out images; returns its row."""
+    out_dir = os.path.abspath(os.path.join(_WORKDIR.value, name))
+    os.makedirs(out_dir, exist_ok=True)
+    settings = _settings(name)
+    train_flags = [f"--{key}={value}" for key, value in settings.items()]
+    seconds = _run(
+        [
+            "apps.train",
+            *train_flags,
+            f"--train_examples={_TRAIN_EXAMPLES.value}",
+            f"--model_dir={out_dir}/run",
+            f"--export_dir={out_dir}/export",
+        ],
+        os.path.join(out_dir, "train.log"),
+    )
+    report_path = os.path.join(out_dir, "holdout_report.json")
+    _run(
+        [
+            "apps.evaluate",
+            f"--model={out_dir}/run",
+            f"--split={_HOLDOUT.value}",
+            "--num_examples=0",
+            f"--attacks={_ATTACKS.value}",
+            f"--output={report_path}",
+            "--noprogress",
+        ],
+        os.path.join(out_dir, "evaluate.log"),
+    )
+    report = jsonio.read_json(report_path)
+    results = jsonio.read_json(os.path.join(out_dir, "run", "results.json"))
+    return {
+        "note": CANDIDATES[name][0],
+        "settings": settings,
+        "clean": report["clean_accuracy"],
+        "holdout_worst_case": report["worst_case_accuracy"],
+        "last_call_seconds": seconds,
+        "epochs_done": results["epochs_done"],
+        "total_train_seconds": results["total_train_seconds"],
+        "thresholds": results["thresholds"],
+        "commit": provenance.environment()["git_commit"],
+    }
+
+
+def time_steps(names, log):
+    """Each candidate's step cost against the natural step of its architecture."""
+    configs = {}
+    for name in names:
+        config = training.TrainConfig(**_settings(name)).resolved()
+        configs[name] = config
+        configs[f"natural@{config.model}"] = training.TrainConfig(
+            dataset="mnist", method="natural", model=config.model, seed=_SEED.value
+        ).resolved()
+    costs = throughput.time_train_steps(configs, repeats=_REPEATS.value, log=log)
+    return {
+        name: {
+            "seconds_per_step": costs[name]["seconds_per_step"],
+            "natural_seconds_per_step": costs[f"natural@{configs[name].model}"]["seconds_per_step"],
+            "cost_vs_natural": costs[name]["seconds_per_step"]
+            / costs[f"natural@{configs[name].model}"]["seconds_per_step"],
+        }
+        for name in names
+    }
+
+
+def _merge(rows, key):
+    if not _OUTPUT.value:
+        return
+    existing = jsonio.read_json(_OUTPUT.value) if os.path.exists(_OUTPUT.value) else {}
+    candidates = existing.get("candidates", {})
+    for name, row in rows.items():
+        candidates.setdefault(name, {})[key] = row
+    jsonio.write_json(
+        _OUTPUT.value,
+        {
+            "holdout": _HOLDOUT.value,
+            "attacks": _ATTACKS.value,
+            "train_examples": _TRAIN_EXAMPLES.value,
+            "seed": _SEED.value,
+            "candidates": candidates,
+            "last_command": " ".join(sys.argv),
+            "environment": provenance.environment(),
+        },
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    unknown = [name for name in _CANDIDATES.value if name not in CANDIDATES]
+    if unknown:
+        raise app.UsageError(f"Unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
+    policy = precision.set_policy("auto")
+    if _TRAIN.value:
+        for name in _CANDIDATES.value:
+            row = {**train_and_attack(name), "policy": policy}
+            print(
+                f"{name}: clean {row['clean']:.1f}%, held-out worst case "
+                f"{row['holdout_worst_case']:.1f}%",
+                flush=True,
+            )
+            _merge({name: row}, "screen")
+    if _TIME_STEPS.value:
+        costs = time_steps(_CANDIDATES.value, log=lambda line: print(line, flush=True))
+        for name, cost in costs.items():
+            print(f"{name}: {cost['cost_vs_natural']:.3f}x natural", flush=True)
+        _merge({name: {**cost, "policy": policy} for name, cost in costs.items()}, "step_cost")
+
+
+if __name__ == "__main__":
+    app.run(main)
