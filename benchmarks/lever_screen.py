@@ -56,6 +56,11 @@ CANDIDATES = {
         "30 epochs with an EMA of the weights (decay 0.999)",
         {"epochs": 30, "ema_decay": 0.999},
     ),
+    "width2": (
+        "the Madry CNN at twice the width (64, 128 filters, 2048 units)",
+        {"model": "madry_mnist_x2"},
+    ),
+    "silu": ("the Madry CNN with SiLU for ReLU", {"model": "madry_mnist_silu"}),
 }
 
 _CANDIDATES = flags.DEFINE_list("candidates", ["default"], f"Of: {', '.join(CANDIDATES)}.")

@@ -9,20 +9,26 @@ model = build("madry_mnist", input_shape=(28, 28, 1), num_classes=10,
 ```
 """
 
+import functools
+
 import keras
 
 from sq_keras.layers import CaffePreprocessing
 from sq_keras.layers import SoftQuantization
 
 
-def _madry_mnist(x, num_classes):
-    """The MNIST CNN of Madry et al. 2018 (their mnist_challenge model)."""
-    x = keras.layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
+def _madry_mnist(x, num_classes, *, width=1, activation="relu"):
+    """The MNIST CNN of Madry et al. 2018 (their mnist_challenge model).
+
+    `width` multiplies both convolutions' filters (32, 64) and the hidden
+    dense layer's units (1024); `activation` replaces ReLU.
+    """
+    x = keras.layers.Conv2D(32 * width, 5, padding="same", activation=activation, name="conv1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-    x = keras.layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.Conv2D(64 * width, 5, padding="same", activation=activation, name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="pool2")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(1024, activation="relu", name="fc1")(x)
+    x = keras.layers.Dense(1024 * width, activation=activation, name="fc1")(x)
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
@@ -86,6 +92,9 @@ def _resnet50(x, num_classes):
 
 MODELS = {
     "madry_mnist": _madry_mnist,
+    # Capacity and activation levers of MNIST's recipe (results/README.md).
+    "madry_mnist_x2": functools.partial(_madry_mnist, width=2),
+    "madry_mnist_silu": functools.partial(_madry_mnist, activation="silu"),
     "resnet50": _resnet50,
     "preact_resnet18": _preact_resnet18,
     "wide_resnet": _wide_resnet,

@@ -36,6 +36,23 @@ class BuildTest(parameterized.TestCase):
         logits = model(np.zeros((3, 28, 28, 1), np.float32))
         self.assertEqual(tuple(logits.shape), (3, 10))
 
+    def test_madry_mnist_levers_change_width_and_activation_only(self):
+        wide = models.build("madry_mnist_x2", input_shape=(28, 28, 1), num_classes=10)
+        convs = [layer for layer in wide.layers if isinstance(layer, keras.layers.Conv2D)]
+        self.assertEqual([c.filters for c in convs], [64, 128])
+        self.assertEqual(wide.get_layer("fc1").units, 2048)
+        # conv 5*5*64+64, conv 5*5*64*128+128, fc 7*7*128*2048+2048, logits 2048*10+10
+        self.assertEqual(wide.count_params(), 1664 + 204928 + 12847104 + 20490)
+        silu = models.build("madry_mnist_silu", input_shape=(28, 28, 1), num_classes=10)
+        plain = models.build("madry_mnist", input_shape=(28, 28, 1), num_classes=10)
+        self.assertEqual(silu.count_params(), plain.count_params())
+        self.assertEqual(silu.get_layer("conv2").activation.__name__, "silu")
+        self.assertEqual(plain.get_layer("conv2").activation.__name__, "relu")
+        # SiLU lets negative pre-activations through, ReLU does not.
+        silu.set_weights(plain.get_weights())
+        x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+        self.assertGreater(np.abs(silu(x) - plain(x)).max(), 1e-4)
+
     def test_logits_stay_float32_under_mixed_precision(self):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         model = models.build(
