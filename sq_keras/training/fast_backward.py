@@ -20,19 +20,21 @@ import keras
 import tensorflow as tf
 
 from sq_keras import layers
+from sq_keras import precision
 from sq_keras.attacks.fast_input_gradients import conv_input_gradient
 from sq_keras.attacks.fast_input_gradients import plain_single_channel_conv
 
 
 def fast_backward_model(model, *, quantizer_call=None):
-    """A copy of `model` whose float32 single-channel convolutions have fast gradients.
+    """A copy of `model` whose single-channel convolutions have fast gradients.
 
-    Layers and weights are the model's own, and so is every output. A float32
+    Layers and weights are the model's own, and so is every output. A
     stride-1 'same' Conv2D on one input channel (MNIST's first layer) gets the
     input gradient of `sq_keras.attacks.fast_input_gradients` and TensorFlow's
-    weight gradients. In bfloat16 TensorFlow's own kernel was the faster one
-    on the Intel Xeon with AMX where the train steps were timed
-    (`benchmarks/conv_input_gradient.py`), so those layers are left alone.
+    weight gradients: in float32 always, in bfloat16 where TensorFlow's own
+    kernel is the slower one (`has_slow_input_gradient`: on an Intel Xeon with
+    AMX it was the faster one, on a CPU without AMX the slower,
+    `benchmarks/conv_input_gradient.py`).
 
     Args:
         model: A functional `keras.Model`.
@@ -59,8 +61,31 @@ def fast_backward_model(model, *, quantizer_call=None):
 
 
 def has_slow_input_gradient(layer):
-    """Whether `fast_backward_model` rewrites `layer`'s backward pass."""
-    return plain_single_channel_conv(layer) and layer.compute_dtype == "float32"
+    """Whether `fast_backward_model` rewrites `layer`'s backward pass.
+
+    A `plain_single_channel_conv` in float32 always; in bfloat16 on a CPU
+    without AMX (`tensorflow_bfloat16_input_gradient_is_slow`).
+    """
+    if not plain_single_channel_conv(layer):
+        return False
+    if layer.compute_dtype == "float32":
+        return True
+    return layer.compute_dtype == "bfloat16" and tensorflow_bfloat16_input_gradient_is_slow()
+
+
+def tensorflow_bfloat16_input_gradient_is_slow():
+    """Whether TensorFlow's bfloat16 single-channel input gradient loses to the depthwise form.
+
+    Measured (`benchmarks/conv_input_gradient.py`, `results/`): on an Intel
+    Xeon with AMX TensorFlow's kernel took 1.15 ms against 1.73 ms; on an AMD
+    EPYC with AVX512-BF16 and no AMX it was ~4x slower than the depthwise
+    form. So: on a CPU (no GPU visible) whose usable bfloat16 instructions
+    (`sq_keras.precision.native_bfloat16_flags`, which honours a oneDNN ISA
+    cap) do not include AMX.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    return "amx_bf16" not in precision.native_bfloat16_flags()
 
 
 def speeds_up(model):
@@ -101,11 +126,14 @@ def _conv_with_fast_gradients(layer):
 def _conv_weight_gradient(variable, inputs, pre_activation_gradient):
     """TensorFlow's gradient of a stride-1 'same' Conv2D's kernel or bias."""
     if variable.shape.rank == 1:  # the bias
-        return tf.reduce_sum(pre_activation_gradient, axis=[0, 1, 2])
-    return tf.raw_ops.Conv2DBackpropFilter(
-        input=inputs,
-        filter_sizes=tf.shape(variable),
-        out_backprop=pre_activation_gradient,
-        strides=[1, 1, 1, 1],
-        padding="SAME",
-    )
+        gradient = tf.reduce_sum(pre_activation_gradient, axis=[0, 1, 2])
+    else:
+        gradient = tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs,
+            filter_sizes=tf.shape(variable),
+            out_backprop=pre_activation_gradient,
+            strides=[1, 1, 1, 1],
+            padding="SAME",
+        )
+    # Under a mixed policy the layer computes in bfloat16 from float32 variables.
+    return tf.cast(gradient, variable.dtype)

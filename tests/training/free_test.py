@@ -12,7 +12,9 @@ from absl.testing import parameterized
 from sq_keras import attacks
 from sq_keras import data
 from sq_keras import models
+from sq_keras import precision
 from sq_keras import training
+from sq_keras.training import fast_backward
 from tests.testing_utils import run_mirrored_probe
 from tests.training.fixtures import Killed
 from tests.training.fixtures import assert_the_models_own_weight_gradients
@@ -46,6 +48,12 @@ def _components(num_train, method="sq_free", **overrides):
 def _cross_entropy(model, images, labels):
     logits = model(images, training=False)
     return float(tf.reduce_mean(attacks.cross_entropy_loss(logits, labels)))
+
+
+def _own_weight_gradients(model, images, labels):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(attacks.cross_entropy_loss(model(images, training=True), labels))
+    return tape.gradient(loss, model.trainable_variables)
 
 
 def _model(quantizer):
@@ -87,6 +95,60 @@ class SharedBackwardPassTest(parameterized.TestCase):
 
         # The weights, thresholds included, get the model's own gradient.
         assert_the_models_own_weight_gradients(self, model, x, labels, grads)
+
+    @parameterized.named_parameters(("without_amx", True), ("with_amx", False))
+    def test_bfloat16_first_convolution_is_rewritten_only_where_its_kernel_is_slow(self, slow):
+        images, labels = _mnist(32)
+        x = tf.constant(images)
+        # The float32 model's gradients are the reference both bfloat16
+        # backward passes round away from.
+        reference = _model(quantizer=True)
+        want_input = attacks.loss_gradient(attacks.bpda(reference), x, labels)[2]
+        want = _own_weight_gradients(reference, x, labels)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        self.addCleanup(keras.mixed_precision.set_global_policy, "float32")
+        model = _model(quantizer=True)
+        with mock.patch.object(
+            fast_backward, "tensorflow_bfloat16_input_gradient_is_slow", return_value=slow
+        ):
+            shared = training.shared_backward_model(model)
+        names = [layer.name for layer in shared.layers]
+        self.assertEqual("conv1_fast_input_gradient" in names, slow)
+        np.testing.assert_array_equal(shared(x, training=True), model(x, training=True))
+        _, _, grads, input_grad = training.free.loss_and_gradients(
+            lambda v: shared(v, training=True), model.trainable_variables, x, labels
+        )
+        tf_input = attacks.loss_gradient(attacks.bpda(model), x, labels)[2]
+        tf_grads = _own_weight_gradients(model, x, labels)
+
+        def error(got, reference):
+            reference = np.asarray(reference, np.float32)
+            return np.abs(np.asarray(got, np.float32) - reference).max() / np.abs(reference).max()
+
+        # No further from float32 than TensorFlow's own bfloat16 backward pass.
+        self.assertLessEqual(
+            error(input_grad, want_input), 1.1 * error(tf_input, want_input) + 0.01
+        )
+        for variable, got, tf_got, reference in zip(
+            model.trainable_variables, grads, tf_grads, want
+        ):
+            self.assertEqual(got.dtype, variable.dtype, variable.path)
+            self.assertLessEqual(
+                error(got, reference), 1.1 * error(tf_got, reference) + 0.01, variable.path
+            )
+
+    def test_tensorflow_bfloat16_kernel_counts_as_slow_on_a_cpu_without_amx(self):
+        for flags, slow in (
+            ({"avx512_bf16"}, True),
+            ({"avx512_bf16", "amx_bf16"}, False),
+            (set(), True),  # emulated bfloat16
+        ):
+            with mock.patch.object(precision, "_cpu_flags", return_value=flags):
+                self.assertEqual(fast_backward.tensorflow_bfloat16_input_gradient_is_slow(), slow)
+        # A oneDNN ISA cap below AMX makes an AMX CPU one without it.
+        with mock.patch.object(precision, "_cpu_flags", return_value={"avx512_bf16", "amx_bf16"}):
+            with mock.patch.dict(os.environ, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}):
+                self.assertTrue(fast_backward.tensorflow_bfloat16_input_gradient_is_slow())
 
 
 class PerturbationMemoryTest(parameterized.TestCase):
