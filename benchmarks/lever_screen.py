@@ -6,7 +6,7 @@ Each candidate is MNIST's default recipe (`sq_free`, Madry CNN, 10 epochs,
 script trains with `python -m apps.train` on the first `--train_examples`
 training images, then attacks the trained model with `python -m apps.evaluate`
 on `--holdout` training images that no candidate trained on (default: the
-recipe selection's BPDA APGD-CE + APGD-DLR on `train[50000:50500]`). Nothing
+recipe selection's BPDA APGD-CE + APGD-DLR on `train[50000:52000]`). Nothing
 is attacked on the test set: the screen selects, the test set only reports on
 the winner. `--time_steps` times every candidate's train step round-robin in
 one process against the `natural` step of the same architecture
@@ -25,6 +25,7 @@ Usage:
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -61,12 +62,21 @@ CANDIDATES = {
         {"model": "madry_mnist_x2"},
     ),
     "silu": ("the Madry CNN with SiLU for ReLU", {"model": "madry_mnist_silu"}),
+    "eps035": (
+        "trained at eps 0.35 (a margin over the attacked 0.3), step 1.25 eps per visit",
+        {"eps": 0.35},
+    ),
 }
 
 _CANDIDATES = flags.DEFINE_list("candidates", ["default"], f"Of: {', '.join(CANDIDATES)}.")
 _SEED = flags.DEFINE_integer("seed", 0, "Training seed.")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 50_000, "First N training images.")
-_HOLDOUT = flags.DEFINE_string("holdout", "train[50000:50500]", "Images attacked.")
+_HOLDOUT = flags.DEFINE_string(
+    "holdout",
+    "train[50000:52000]",
+    "Images attacked: training images no candidate trains on (2,000: one standard "
+    "error of ~0.6 points at 92%, against ~1.2 on the recipe selection's 500).",
+)
 _ATTACKS = flags.DEFINE_string(
     "attacks", "bpda_identity:apgd_ce,bpda_identity:apgd_dlr", "apps.evaluate --attacks."
 )
@@ -92,6 +102,11 @@ def _run(command, log_path):
     return time.perf_counter() - start
 
 
+def _slug(split):
+    """`train[50000:52000]` -> `train_50000_52000`: a file name per held-out set."""
+    return "_".join(part for part in re.split(r"[^0-9A-Za-z]+", split) if part)
+
+
 def train_and_attack(name):
     """Trains one candidate and attacks it on the held-out images; returns its row."""
     out_dir = os.path.abspath(os.path.join(_WORKDIR.value, name))
@@ -108,7 +123,7 @@ def train_and_attack(name):
         ],
         os.path.join(out_dir, "train.log"),
     )
-    report_path = os.path.join(out_dir, "holdout_report.json")
+    report_path = os.path.join(out_dir, f"holdout_{_slug(_HOLDOUT.value)}.json")
     _run(
         [
             "apps.evaluate",
@@ -125,6 +140,7 @@ def train_and_attack(name):
     results = jsonio.read_json(os.path.join(out_dir, "run", "results.json"))
     return {
         "note": CANDIDATES[name][0],
+        "holdout": _HOLDOUT.value,
         "settings": settings,
         "clean": report["clean_accuracy"],
         "holdout_worst_case": report["worst_case_accuracy"],
