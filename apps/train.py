@@ -158,6 +158,16 @@ _FREE_MEMORY_DTYPE = flags.DEFINE_enum(
     "free, sq_free: dtype of the perturbation memory (MNIST: 188 MB float32, 94 MB bfloat16, "
     "47 MB int8 in steps of eps/127).",
 )
+_FREE_LOSS = flags.DEFINE_enum(
+    "free_loss",
+    _DEFAULTS.free_loss,
+    list(training.FREE_LOSSES),
+    "free / sq_free: ce (cross-entropy on the perturbed batch) or trades (clean "
+    "cross-entropy + --trades_beta x KL(clean || perturbed); about twice the step cost).",
+)
+_TRADES_BETA = flags.DEFINE_float(
+    "trades_beta", _DEFAULTS.trades_beta, "Weight of the KL term of --free_loss=trades."
+)
 _GRADNORM_WEIGHT = flags.DEFINE_float(
     "gradnorm_weight", _DEFAULTS.gradnorm_weight, "Weight of the gradnorm penalty."
 )
@@ -254,6 +264,8 @@ def _train_config(policy):
         free_init=_FREE_INIT.value,
         free_memory=_FREE_MEMORY.value,
         free_memory_dtype=_FREE_MEMORY_DTYPE.value,
+        free_loss=_FREE_LOSS.value,
+        trades_beta=_TRADES_BETA.value,
         hard_inference=_HARD_INFERENCE.value,
         train_examples=_TRAIN_EXAMPLES.value,
         eval_examples=_EVAL_EXAMPLES.value,

@@ -62,6 +62,11 @@ CANDIDATES = {
         {"model": "madry_mnist_x2"},
     ),
     "silu": ("the Madry CNN with SiLU for ReLU", {"model": "madry_mnist_silu"}),
+    "trades": (
+        "the TRADES objective on the free perturbation (beta 6), clean and perturbed "
+        "batches as one",
+        {"free_loss": "trades"},
+    ),
     "eps035": (
         "trained at eps 0.35 (a margin over the attacked 0.3), step 1.25 eps per visit",
         {"eps": 0.35},

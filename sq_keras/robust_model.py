@@ -61,6 +61,8 @@ SETTINGS = (
     "free_init",
     "free_memory",
     "free_memory_dtype",
+    "free_loss",
+    "trades_beta",
     "seed",
 )
 # The inputs of a batch whose examples carry their index in the training set.

@@ -40,6 +40,7 @@ from sq_keras.training.components import quantizer_settings
 from sq_keras.training.config import EXPORT_POLICIES
 from sq_keras.training.config import TrainConfig
 from sq_keras.training.errors import TrainingError
+from sq_keras.training.free import FREE_LOSSES
 from sq_keras.training.free import FreeUpdate
 from sq_keras.training.free import build_free_step
 from sq_keras.training.free import shared_backward_model
@@ -73,6 +74,7 @@ __all__ = [
     "ALPHA_SCHEDULES",
     "EXPORT_POLICIES",
     "FREE_INITS",
+    "FREE_LOSSES",
     "FREE_MEMORIES",
     "FreeUpdate",
     "LR_SCHEDULES",

@@ -19,6 +19,7 @@ from sq_keras import attacks
 from sq_keras import data
 from sq_keras import distribute
 from sq_keras import models
+from sq_keras.training.free import FREE_LOSSES
 from sq_keras.training.methods import METHODS
 from sq_keras.training.methods import takes_indices
 from sq_keras.training.perturbation_memory import FREE_INITS
@@ -86,6 +87,14 @@ class TrainConfig:
             updates only; any dataset).
         free_memory_dtype: "float32", "bfloat16" (half the memory) or "int8"
             (a quarter: whole steps of eps / 127) for the perturbation memory.
+        free_loss: The loss of `free` / `sq_free`, one of `FREE_LOSSES`:
+            "ce" (cross-entropy on the perturbed batch) or "trades" (Zhang et
+            al. 2019's TRADES objective: cross-entropy on the clean batch plus
+            `trades_beta` times the KL divergence from the clean to the
+            perturbed outputs; the perturbation then climbs the KL. Clean and
+            perturbed batches run as one batch of twice the size: about twice
+            the step cost).
+        trades_beta: Weight of the KL term of `free_loss="trades"`.
         hard_inference: Export with the exact staircase at inference.
         train_examples: Use only the first N training examples (None: all).
         seed: Seeds weights, shuffling and noise.
@@ -150,6 +159,8 @@ class TrainConfig:
     free_init: str = "uniform"
     free_memory: str = "example"
     free_memory_dtype: str = "float32"
+    free_loss: str = "ce"
+    trades_beta: float = 6.0
     hard_inference: bool = False
     train_examples: int = None
     seed: int = 0
@@ -317,6 +328,8 @@ _CHECKS = (
     _one_of("free_init", FREE_INITS),
     _one_of("free_memory", FREE_MEMORIES),
     _one_of("free_memory_dtype", MEMORY_DTYPES),
+    _one_of("free_loss", FREE_LOSSES),
+    _at_least("trades_beta", 0),
     _per_example_state_fits,
     _warmup_has_an_attack_to_ramp,
     _one_of("stand_in", attacks.STAND_INS),

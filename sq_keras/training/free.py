@@ -46,6 +46,10 @@ from sq_keras.training.perturbation_memory import initial_memory
 from sq_keras.training.perturbation_memory import memory_variable
 from sq_keras.training.seeding import step_seed
 
+# The losses of the free update (`TrainConfig.free_loss`): cross-entropy on
+# the perturbed batch, or the TRADES objective (`trades_loss_and_gradients`).
+FREE_LOSSES = ("ce", "trades")
+
 
 def shared_backward_model(model, *, stand_in="identity", smooth_alpha=10.0):
     """A copy of `model` whose one backward pass serves the update and the attack.
@@ -118,6 +122,46 @@ def loss_and_gradients(model_fn, variables, images, labels, *, scale=None, regul
             total = scale(total)
     *grads, input_grad = tape.gradient(total, [*variables, images])
     return per_example, logits, grads, input_grad
+
+
+def trades_loss_and_gradients(
+    model_fn, variables, images, x_adv, labels, *, beta, scale=None, regularization=None
+):
+    """One backward pass of the TRADES objective: weight gradients and the KL's input gradient.
+
+    The per-example loss is Zhang et al. 2019's
+    `CE(f(images), y) + beta * KL(softmax f(images) || softmax f(x_adv))`.
+    Clean and perturbed images run through `model_fn` as one batch (a model
+    with batch statistics sees both). The input gradient is taken at `x_adv`
+    only: the direction that raises the KL term, TRADES' inner maximisation.
+
+    Args:
+        model_fn, variables, labels, scale, regularization: As in
+            `loss_and_gradients`.
+        images: The clean batch, float32 `[N, H, W, C]`.
+        x_adv: The perturbed batch, same shape.
+        beta: Weight of the KL term.
+
+    Returns:
+        `(per_example_losses, adversarial_logits, variable_gradients,
+        input_gradient)`.
+    """
+    n = tf.shape(images)[0]
+    with tf.GradientTape() as tape:
+        tape.watch(x_adv)
+        logits = tf.cast(model_fn(tf.concat([images, x_adv], axis=0)), tf.float32)
+        clean, adv = logits[:n], logits[n:]
+        log_p_clean = tf.nn.log_softmax(clean)
+        kl = tf.reduce_sum(tf.exp(log_p_clean) * (log_p_clean - tf.nn.log_softmax(adv)), axis=-1)
+        per_example = attacks.cross_entropy_loss(clean, labels) + beta * kl
+        extra = regularization() if regularization is not None else []
+        if extra:
+            per_example += tf.cast(tf.add_n(extra), per_example.dtype)
+        total = tf.reduce_sum(per_example)
+        if scale is not None:
+            total = scale(total)
+    *grads, input_grad = tape.gradient(total, [*variables, x_adv])
+    return per_example, adv, grads, input_grad
 
 
 def signed_step(x_adv, gradient, images, *, eps, step_size, skip_non_finite=True):
@@ -223,14 +267,24 @@ class FreeUpdate:
 
     def _update(self, x_adv, images, labels, global_n):
         optimizer = self.optimizer
-        per_example, logits, grads, input_grad = loss_and_gradients(
-            self.model_fn,
-            self.variables,
-            x_adv,
-            labels,
+        settings = dict(
             scale=lambda total: optimizer.scale_loss(total / global_n),
             regularization=self.regularization,
         )
+        if self.config.free_loss == "trades":
+            per_example, logits, grads, input_grad = trades_loss_and_gradients(
+                self.model_fn,
+                self.variables,
+                images,
+                x_adv,
+                labels,
+                beta=self.config.trades_beta,
+                **settings,
+            )
+        else:
+            per_example, logits, grads, input_grad = loss_and_gradients(
+                self.model_fn, self.variables, x_adv, labels, **settings
+            )
         optimizer.apply_gradients(zip(grads, self.variables))
         x_next = signed_step(
             x_adv,

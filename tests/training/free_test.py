@@ -269,6 +269,80 @@ class ReplayWithoutMemoryTest(absltest.TestCase):
         self.assertFalse(training.takes_indices(config))
 
 
+class TradesLossTest(parameterized.TestCase):
+    def test_loss_and_gradients_are_the_trades_objectives(self):
+        images, labels = _mnist(16)
+        model = _model(quantizer=False)
+        x = tf.constant(images)
+        rng = np.random.default_rng(0)
+        x_adv = tf.constant(
+            np.clip(images + rng.uniform(-EPS, EPS, images.shape), 0, 1).astype(np.float32)
+        )
+        beta = 6.0
+        per_example, adv_logits, grads, input_grad = training.free.trades_loss_and_gradients(
+            lambda v: model(v, training=True),
+            model.trainable_variables,
+            x,
+            x_adv,
+            labels,
+            beta=beta,
+        )
+
+        # The objective written out, clean and perturbed batches run apart.
+        def objective(clean_images, adv_images):
+            p = tf.nn.softmax(model(clean_images, training=True))
+            q = tf.nn.softmax(model(adv_images, training=True))
+            kl = tf.reduce_sum(p * (tf.math.log(p) - tf.math.log(q)), axis=-1)
+            ce = -tf.math.log(tf.gather(p, labels, batch_dims=1))
+            return ce + beta * kl, kl
+
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x_adv)
+            expected, kl = objective(x, x_adv)
+            total = tf.reduce_sum(expected)
+            kl_total = tf.reduce_sum(kl)
+        np.testing.assert_allclose(per_example, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(adv_logits, model(x_adv, training=True), rtol=1e-5, atol=1e-5)
+        self.assertGreater(float(tf.reduce_mean(kl)), 1e-5)  # the KL term is at work
+        for variable, got, want in zip(
+            model.trainable_variables, grads, tape.gradient(total, model.trainable_variables)
+        ):
+            np.testing.assert_allclose(
+                got, want, rtol=1e-3, atol=1e-5 * np.abs(want).max(), err_msg=variable.path
+            )
+        # The perturbation climbs the KL: its input gradient is beta times the KL's.
+        want_input = beta * tape.gradient(kl_total, x_adv)
+        np.testing.assert_allclose(
+            input_grad, want_input, rtol=0, atol=1e-4 * np.abs(want_input).max()
+        )
+
+    def test_a_trades_free_step_keeps_the_ball_and_raises_the_kl(self):
+        images, labels = _mnist(128)
+        model, _, step = _components(num_train=128, free_loss="trades")
+        indices = np.arange(128)
+        before = step.memory.start(tf.constant(images), indices).numpy()
+        for _ in range(3):
+            loss_sum, _, n = step(images, labels, indices)
+            self.assertTrue(np.isfinite(float(loss_sum)))
+        self.assertEqual(int(n), 128)
+        perturbed = step.memory.start(tf.constant(images), indices).numpy()
+        self.assertLessEqual(np.abs(perturbed - images).max(), EPS + 1e-6)
+        self.assertGreaterEqual(perturbed.min(), 0.0)
+        self.assertLessEqual(perturbed.max(), 1.0)
+
+        def kl(x):
+            p = tf.nn.softmax(model(images, training=False))
+            q = tf.nn.softmax(model(x, training=False))
+            return float(tf.reduce_mean(tf.reduce_sum(p * (tf.math.log(p) - tf.math.log(q)), -1)))
+
+        # The stored perturbation moved the outputs further than its uniform start.
+        self.assertGreater(kl(perturbed), kl(before))
+
+    def test_unknown_free_loss_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "free_loss must be one of ce, trades"):
+            training.TrainConfig(method="sq_free", free_loss="mart").resolved()
+
+
 class SignedStepTest(parameterized.TestCase):
     def test_non_finite_gradient_entries_move_nothing_when_skipped(self):
         images, _ = _mnist(2)
