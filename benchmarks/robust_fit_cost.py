@@ -90,9 +90,17 @@ def main(argv):
         print(f"repeat {repeat + 1}: {_line(seconds, -1)}", flush=True)
     median = {m: statistics.median(s) for m, s in seconds.items()}
     ratios = {m: median[m] / median["natural"] for m in methods}
+    # Each repeat's ratio, its methods timed back to back: a drift of the
+    # machine's speed over the run moves both of a pair alike.
+    pair_ratios = {
+        m: statistics.median(t / n for t, n in zip(seconds[m], seconds["natural"])) for m in methods
+    }
     cpu_median = {m: statistics.median(s) for m, s in cpu.items()}
     cpu_ratios = {m: cpu_median[m] / cpu_median["natural"] for m in methods}
     print("median: " + ", ".join(f"{m} {median[m]:.2f} s ({ratios[m]:.2f}x)" for m in methods))
+    print(
+        "median of each repeat's ratio: " + ", ".join(f"{m} {pair_ratios[m]:.2f}x" for m in methods)
+    )
     print("CPU: " + ", ".join(f"{m} {cpu_median[m]:.2f} s ({cpu_ratios[m]:.2f}x)" for m in methods))
     if _OUTPUT.value:
         jsonio.write_json(
@@ -104,6 +112,7 @@ def main(argv):
                 "batch_size": _BATCH_SIZE.value,
                 "median_epoch_seconds": median,
                 "ratio_to_natural": ratios,
+                "median_repeat_ratio_to_natural": pair_ratios,
                 "epoch_seconds": seconds,
                 "median_epoch_cpu_seconds": cpu_median,
                 "cpu_ratio_to_natural": cpu_ratios,
