@@ -14,7 +14,8 @@ one process against the `natural` step of the same architecture
 machine does not bias.
 
 Results are merged into `--output` by candidate, so runs of some candidates
-at a time (or on other machines) build one table; a rerun resumes both the
+at a time (or on other machines) build one table (`--merge_from` merges
+their outputs, `--markdown` writes the table); a rerun resumes both the
 training runs and the evaluations.
 
 Usage:
@@ -89,6 +90,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/lever_screen", "Runs and reports
 _OUTPUT = flags.DEFINE_string("output", None, "Merge the results into this JSON file.")
 _TRAIN = flags.DEFINE_boolean("train", True, "Train and attack the candidates.")
 _TIME_STEPS = flags.DEFINE_boolean("time_steps", False, "Time the steps round-robin.")
+_MERGE_FROM = flags.DEFINE_list(
+    "merge_from", [], "Outputs of earlier screens to merge into --output first."
+)
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", None, "Write --output as a Markdown table here, and do nothing else."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Round-robin repeats of --time_steps.")
 
 
@@ -154,6 +161,7 @@ def train_and_attack(name):
         "total_train_seconds": results["total_train_seconds"],
         "thresholds": results["thresholds"],
         "commit": provenance.environment()["git_commit"],
+        "machine": provenance.environment()["machine"],
     }
 
 
@@ -167,24 +175,32 @@ def time_steps(names, log):
             dataset="mnist", method="natural", model=config.model, seed=_SEED.value
         ).resolved()
     costs = throughput.time_train_steps(configs, repeats=_REPEATS.value, log=log)
-    return {
-        name: {
-            "seconds_per_step": costs[name]["seconds_per_step"],
-            "natural_seconds_per_step": costs[f"natural@{configs[name].model}"]["seconds_per_step"],
-            "cost_vs_natural": costs[name]["seconds_per_step"]
-            / costs[f"natural@{configs[name].model}"]["seconds_per_step"],
+    rows = {}
+    for name in names:
+        own, natural = costs[name], costs[f"natural@{configs[name].model}"]
+        rows[name] = {
+            "seconds_per_step": own["seconds_per_step"],
+            "natural_seconds_per_step": natural["seconds_per_step"],
+            "cost_vs_natural": own["seconds_per_step"] / natural["seconds_per_step"],
+            "cpu_cost_vs_natural": own["cpu_seconds_per_step"] / natural["cpu_seconds_per_step"],
+            "commit": provenance.environment()["git_commit"],
+            "machine": provenance.environment()["machine"],
         }
-        for name in names
-    }
+    return rows
 
 
 def _merge(rows, key):
+    """Puts `{candidate: row}` under `key` ("screen", "step_cost") into `--output`."""
     if not _OUTPUT.value:
         return
     existing = jsonio.read_json(_OUTPUT.value) if os.path.exists(_OUTPUT.value) else {}
     candidates = existing.get("candidates", {})
     for name, row in rows.items():
         candidates.setdefault(name, {})[key] = row
+    _write(candidates)
+
+
+def _write(candidates):
     jsonio.write_json(
         _OUTPUT.value,
         {
@@ -199,12 +215,57 @@ def _merge(rows, key):
     )
 
 
+def merge_files(paths):
+    """The candidates of several outputs of this script, later files first per row kind."""
+    candidates = {}
+    for path in paths:
+        for name, rows in jsonio.read_json(path)["candidates"].items():
+            candidates.setdefault(name, {}).update(rows)
+    return candidates
+
+
+def markdown(candidates):
+    """The screen as a Markdown table, best held-out worst case first."""
+    lines = [
+        "| candidate | what changes | clean | held-out worst case | step cost vs natural "
+        "(wall / CPU) | epochs | training s (wall) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def worst(item):
+        return item[1].get("screen", {}).get("holdout_worst_case", -1)
+
+    for name, rows in sorted(candidates.items(), key=worst, reverse=True):
+        screen, cost = rows.get("screen"), rows.get("step_cost")
+        note = (screen or {}).get("note") or CANDIDATES.get(name, ("",))[0]
+        cells = ["-", "-", "-", "-"]
+        if screen:
+            cells = [
+                f"{screen['clean']:.2f}",
+                f"{screen['holdout_worst_case']:.2f}",
+                str(screen["epochs_done"]),
+                f"{screen['total_train_seconds']:.0f}",
+            ]
+        cost_cell = "-"
+        if cost:
+            cost_cell = f"{cost['cost_vs_natural']:.2f}x / {cost['cpu_cost_vs_natural']:.2f}x"
+        row = [f"`{name}`", note, cells[0], cells[1], cost_cell, cells[2], cells[3]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     unknown = [name for name in _CANDIDATES.value if name not in CANDIDATES]
     if unknown:
         raise app.UsageError(f"Unknown candidates {unknown}; known: {', '.join(CANDIDATES)}")
+    if _MERGE_FROM.value:
+        _write(merge_files(_MERGE_FROM.value))
+    if _MARKDOWN.value:
+        with open(_MARKDOWN.value, "w") as f:
+            f.write(markdown(jsonio.read_json(_OUTPUT.value)["candidates"]))
+        return
     policy = precision.set_policy("auto")
     if _TRAIN.value:
         for name in _CANDIDATES.value:
