@@ -9,6 +9,7 @@ from unittest import mock
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -120,6 +121,29 @@ class StrategyTest(parameterized.TestCase):
         env = {"TF_CONFIG": json.dumps(tf_config)} if tf_config else {}
         with mock.patch.dict(os.environ, env):
             self.assertEqual(distribute.is_chief(strategy), expected)
+
+    @parameterized.named_parameters(
+        ("worker_0", {"worker": ["a:1", "b:1"]}, "worker", 0, (0, 2)),
+        ("worker_1", {"worker": ["a:1", "b:1"]}, "worker", 1, (1, 2)),
+        ("chief", {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, "chief", 0, (0, 3)),
+        ("worker_after_chief", {"chief": ["c:1"], "worker": ["a:1", "b:1"]}, "worker", 1, (2, 3)),
+    )
+    def test_each_worker_reads_its_own_shard(self, cluster, task_type, task_id, expected):
+        resolver = mock.Mock(task_type=task_type, task_id=task_id)
+        resolver.cluster_spec.return_value = tf.train.ClusterSpec(cluster)
+        strategy = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+        strategy.cluster_resolver = resolver
+        self.assertEqual(distribute.worker_shard(strategy), expected)
+
+    def test_one_process_reads_all_the_data(self):
+        self.assertEqual(distribute.worker_shard(tf.distribute.get_strategy()), (0, 1))
+        evaluator = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+        evaluator.cluster_resolver = mock.Mock(task_type="evaluator", task_id=0)
+        evaluator.cluster_resolver.cluster_spec.return_value = tf.train.ClusterSpec(
+            {"worker": ["a:1"], "evaluator": ["e:1"]}
+        )
+        with self.assertRaisesRegex(ValueError, "reads no training data"):
+            distribute.worker_shard(evaluator)
 
     def test_multi_worker_without_tf_config_is_a_clear_error(self):
         with mock.patch.dict(os.environ, {}, clear=False):
