@@ -148,7 +148,8 @@ _FREE_MEMORY = flags.DEFINE_enum(
     "free_memory",
     _DEFAULTS.free_memory,
     list(training.FREE_MEMORIES),
-    "free, sq_free: 'example' keeps each example's perturbation across epochs; 'none' keeps "
+    "free, sq_free: 'example' keeps each example's perturbation across epochs (under "
+    "--strategy=multi_worker each worker keeps its own examples' only); 'none' keeps "
     "none (each minibatch's perturbation lives through its --free_replays updates only).",
 )
 _FREE_MEMORY_DTYPE = flags.DEFINE_enum(

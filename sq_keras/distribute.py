@@ -74,6 +74,34 @@ def is_chief(strategy):
     return False
 
 
+def worker_shard(strategy):
+    """`(index, count)` of this process among the workers that read training data.
+
+    Under `multi_worker` every worker (the "chief" task first, then the
+    "worker" tasks) reads its own share of the data: the index and count
+    are those of the input pipelines `tf.distribute` gives each worker
+    (`tf.distribute.InputContext`). `(0, 1)` under any other strategy.
+
+    Raises:
+        ValueError: A `multi_worker` task that reads no data (e.g. an
+            "evaluator" or "ps").
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 0, 1
+    task_type, task_id = task(strategy)
+    if task_type is None:
+        return 0, 1
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if task_type == "chief":
+        return int(task_id), chiefs + workers
+    if task_type == "worker":
+        return chiefs + int(task_id), chiefs + workers
+    raise ValueError(
+        f"A {task_type!r} task reads no training data; only 'chief' and 'worker' tasks train."
+    )
+
+
 def worker_dir(model_dir, strategy):
     """Where a non-chief process writes: `<model_dir>/workers/<type>_<id>`."""
     task_type, task_id = task(strategy)

@@ -49,6 +49,8 @@ class TrainingData:
         train_batches: `(epoch, drop_remainder) -> tf.data` of the epoch's
             `(float32 images, int64 labels)` batches, augmented and noised;
             `(images, labels, int64 indices)` when loaded `with_indices`.
+            In-memory data also takes `shard=(index, count)` and
+            `batch_size=` (a worker's part, see `make_train_dataset`).
         eval_batches: `() -> tf.data` of clean test batches.
         grad_x: float32 test images of the `grad_l1` curve.
         grad_y: Their labels.
@@ -75,12 +77,28 @@ def float_batches(images, labels, batch_size, *, drop_remainder=False):
 
 
 def make_train_dataset(
-    images, labels, config, epoch, *, add_noise, drop_remainder=False, with_indices=False
+    images,
+    labels,
+    config,
+    epoch,
+    *,
+    add_noise,
+    drop_remainder=False,
+    with_indices=False,
+    shard=(0, 1),
+    batch_size=None,
 ):
     """The training batches of one epoch: shuffled, batched, augmented, noised.
 
     Shuffling and noise are keyed by `(config.seed, epoch)`, so every epoch
     differs and a resumed run sees exactly the batches it would have seen.
+
+    With `shard=(w, W)` this is worker `w`'s part of the epoch: the examples
+    with `index % W == w`, in the order of the whole epoch's shuffle, so a
+    worker reads the same examples every epoch (and keeps only their
+    perturbations, `sq_keras.training.perturbation_memory.ShardedMemory`).
+    Batch `k` of every worker together make the epoch's global batch `k`.
+    Augmentation and noise are keyed by the shard too.
 
     Args:
         images: uint8 `[N, H, W, C]`.
@@ -92,20 +110,28 @@ def make_train_dataset(
         drop_remainder: Drop the last partial batch.
         with_indices: Also yield each example's index into `images` (the
             same batches otherwise).
+        shard: `(index, count)`: only the examples of worker `index` of
+            `count`; `(0, 1)` for all of them.
+        batch_size: Examples per batch; default `config.batch_size` (a
+            shard's batches are the global batch's share).
 
     Returns:
         A prefetched `tf.data.Dataset` of `(float32 images, labels)` batches,
         or `(images, labels, int64 indices)` batches `with_indices`.
     """
     order = np.random.default_rng([config.seed, epoch]).permutation(len(images))
-    ds = float_batches(
-        images[order], labels[order], config.batch_size, drop_remainder=drop_remainder
-    )
-    ds = add_augmentation(ds, kind=config.augment, seed=(config.seed, epoch))
-    ds = _with_method_noise(ds, config, epoch, add_noise=add_noise)
+    index, count = shard
+    if count > 1:
+        order = order[order % count == index]
+    batch_size = batch_size or config.batch_size
+    # (seed, epoch) for all the data; each shard its own key beside the others'.
+    key = (config.seed, epoch * count + index)
+    ds = float_batches(images[order], labels[order], batch_size, drop_remainder=drop_remainder)
+    ds = add_augmentation(ds, kind=config.augment, seed=key)
+    ds = _with_method_noise(ds, config, key[1], add_noise=add_noise)
     if with_indices:
         positions = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(
-            config.batch_size, drop_remainder=drop_remainder
+            batch_size, drop_remainder=drop_remainder
         )
         ds = tf.data.Dataset.zip(ds, positions).map(lambda batch, index: (*batch, index))
     return ds
@@ -178,7 +204,7 @@ def _in_memory_data(config, info, *, add_noise, with_indices):
     test_x, test_y = load_arrays(config.dataset, test_split, config.data_dir)
     return TrainingData(
         num_train=len(train_x),
-        train_batches=lambda epoch, drop: make_train_dataset(
+        train_batches=lambda epoch, drop, **shard: make_train_dataset(
             train_x,
             train_y,
             config,
@@ -186,6 +212,7 @@ def _in_memory_data(config, info, *, add_noise, with_indices):
             add_noise=add_noise,
             drop_remainder=drop,
             with_indices=with_indices,
+            **shard,
         ),
         eval_batches=lambda: float_batches(test_x, test_y, EVAL_BATCH_SIZE),
         grad_x=test_x[: config.grad_examples].astype(np.float32) / 255.0,

@@ -18,6 +18,8 @@ Layout of `model_dir`:
 * `checkpoints/`: one `tf.train.Checkpoint` per epoch (model, optimiser,
   epoch counter, and the perturbation memory of `free` / `sq_free`), the run
   resumes from the latest;
+* `memory_shard_<w>_of_<W>/`: under `multi_worker`, where each worker keeps
+  its own shard of that memory (the others' under `workers/`);
 * `history.json`: per-epoch metrics and wall times, written every epoch;
 * `logs/`: TensorBoard events (loss, accuracy, `grad_l1`, alpha, thresholds);
 * `model.keras`: the final Keras model, quantizer included, for white-box
@@ -27,7 +29,7 @@ Layout of `model_dir`:
 Modules: `config` (`TrainConfig`, its defaults and checks), `methods` (the
 registry of methods), `steps` (one train step per kind), `free` (free
 adversarial training: the step), `perturbation_memory` (where it keeps each
-example's perturbation, or none), `seeding` (per-step seeds),
+example's perturbation, a worker's shard of them, or none), `seeding` (per-step seeds),
 `fast_backward` (a faster first-convolution input gradient for the steps),
 `schedules` (alpha per epoch, learning rate per step), `components` (the
 model, optimiser and step of a configuration), `metrics` (per-epoch
@@ -56,6 +58,7 @@ from sq_keras.training.perturbation_memory import MEMORY_DTYPES
 from sq_keras.training.perturbation_memory import MemoryBudgetError
 from sq_keras.training.perturbation_memory import PerturbationMemory
 from sq_keras.training.perturbation_memory import ReplayStart
+from sq_keras.training.perturbation_memory import ShardedMemory
 from sq_keras.training.rundir import RunDir
 from sq_keras.training.rundir import epoch_weights_path
 from sq_keras.training.schedules import ALPHA_SCHEDULES
@@ -87,6 +90,7 @@ __all__ = [
     "ReplayStart",
     "RunDir",
     "STEP_BUILDERS",
+    "ShardedMemory",
     "TrainConfig",
     "TrainingError",
     "alpha_at",

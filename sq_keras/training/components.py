@@ -71,7 +71,9 @@ def build_optimizer(config, model, steps_per_epoch=None):
     return optimizer
 
 
-def build_components(config, info, strategy, *, num_train=None, steps_per_epoch=None):
+def build_components(
+    config, info, strategy, *, num_train=None, steps_per_epoch=None, memory_shard=(0, 1)
+):
     """The model, optimiser and train step of `config`, under `strategy.scope()`.
 
     Weights draw from Keras's global random state: seed it first
@@ -85,6 +87,9 @@ def build_components(config, info, strategy, *, num_train=None, steps_per_epoch=
             per-example state (`Method.indexed`).
         steps_per_epoch: Batches per epoch; needed by non-constant
             learning-rate schedules.
+        memory_shard: `(index, count)` of this worker among those that read
+            the data: an indexed method's memory keeps only this worker's
+            examples when `count > 1` (see `sq_keras.training.free`).
 
     Returns:
         `(model, optimizer, step)`, `step` as in `sq_keras.training.steps`;
@@ -99,7 +104,7 @@ def build_components(config, info, strategy, *, num_train=None, steps_per_epoch=
             per-example memory would not fit in the host's memory.
     """
     method = METHODS[config.method]
-    extra = {"num_train": num_train} if method.indexed else {}
+    extra = {"num_train": num_train, "shard": memory_shard} if method.indexed else {}
     with strategy.scope():
         model = models.build(
             config.model,

@@ -23,7 +23,9 @@ step.state               # {"perturbations": the memory's tf.Variable}, to check
 
 Memory cost (`config.free_memory = "example"`): one value per training
 pixel, 60,000 x 784 for MNIST: 188 MB in float32, 94 MB in bfloat16, 47 MB
-in int8, held by every replica and written into every checkpoint. With
+in int8, held by every replica and written into every checkpoint; sharded
+with the data over the W workers of a multi-worker run (`shard=(w, W)`),
+a W-th of it per worker, each worker checkpointing its own. With
 `free_memory = "none"` there is no memory (`ReplayStart`): the step takes
 `step(images, labels)` and each minibatch's perturbation lives through its
 `free_replays` updates only. `sq_keras.RobustModel` runs the same update
@@ -41,8 +43,10 @@ from sq_keras.attacks.bpda import stand_in_derivative
 from sq_keras.training.fast_backward import fast_backward_model
 from sq_keras.training.perturbation_memory import PerturbationMemory
 from sq_keras.training.perturbation_memory import ReplayStart
+from sq_keras.training.perturbation_memory import ShardedMemory
 from sq_keras.training.perturbation_memory import check_memory_fits
 from sq_keras.training.perturbation_memory import initial_memory
+from sq_keras.training.perturbation_memory import local_memory_variable
 from sq_keras.training.perturbation_memory import memory_variable
 from sq_keras.training.seeding import step_seed
 
@@ -185,13 +189,18 @@ def replay_start(config):
     return ReplayStart(eps=config.eps, init=config.free_init, seed=config.seed)
 
 
-def initial_memory_value(config, *, num_train, image_shape):
+def initial_memory_value(config, *, num_train, image_shape, shard=(0, 1)):
     """The per-example memory's initial value, once it is known to fit in memory.
 
+    Args:
+        shard: `(index, count)`: only the rows of shard `index` of `count`
+            (see `sq_keras.training.perturbation_memory.ShardedMemory`).
+
     Raises:
-        MemoryBudgetError: The memory would not fit in the host's memory.
+        MemoryBudgetError: The memory (its shard) would not fit in the
+            host's memory.
     """
-    check_memory_fits(num_train, image_shape, config.free_memory_dtype)
+    check_memory_fits(num_train, image_shape, config.free_memory_dtype, shards=shard[1])
     return initial_memory(
         num_train,
         image_shape,
@@ -199,15 +208,22 @@ def initial_memory_value(config, *, num_train, image_shape):
         init=config.free_init,
         dtype=config.free_memory_dtype,
         seed=config.seed,
+        shard=shard,
     )
 
 
-def make_memory(config, *, num_train, image_shape):
+def make_memory(config, *, num_train, image_shape, shard=(0, 1)):
     """The `config.free_memory` kind of memory, its variable created in the current scope.
 
+    Args:
+        shard: `(index, count)` of this worker among those that read the
+            data (`sq_keras.distribute.worker_shard`). With `count > 1` the
+            memory is this worker's shard only.
+
     Returns:
-        A `PerturbationMemory` over a new `tf.Variable` for "example", a
-        `ReplayStart` for "none".
+        A `PerturbationMemory` over a new `tf.Variable` for "example" (a
+        `ShardedMemory` over a variable of this worker's own when
+        `count > 1`), a `ReplayStart` for "none".
 
     Raises:
         MemoryBudgetError: The memory would not fit in the host's memory.
@@ -220,8 +236,19 @@ def make_memory(config, *, num_train, image_shape):
             f"Method {config.method} keeps one perturbation per training example and needs "
             "`num_train`, the size of the training set (or free_memory='none')."
         )
-    initial = initial_memory_value(config, num_train=num_train, image_shape=image_shape)
-    return PerturbationMemory(memory_variable(initial), eps=config.eps)
+    initial = initial_memory_value(
+        config, num_train=num_train, image_shape=image_shape, shard=shard
+    )
+    index, count = shard
+    if count == 1:
+        return PerturbationMemory(memory_variable(initial), eps=config.eps)
+    return ShardedMemory(
+        local_memory_variable(initial),
+        eps=config.eps,
+        shard=index,
+        shards=count,
+        num_examples=num_train,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,12 +363,17 @@ class FreeStep:
         return self._step(images, labels, indices)
 
 
-def build_free_step(model, optimizer, config, strategy, *, num_train=None):
+def build_free_step(model, optimizer, config, strategy, *, num_train=None, shard=(0, 1)):
     """Free adversarial training of `model` on a training set of `num_train` examples.
 
     Uses `config.eps`, `config.free_step_size`, `config.free_replays`,
     `config.free_init`, `config.free_memory`, `config.free_memory_dtype`,
     `config.stand_in` and `config.seed`. Call under `strategy.scope()`.
+
+    Args:
+        shard: `(index, count)`: this worker reads only the examples with
+            `index % count == shard index` and keeps only their memory
+            (`ShardedMemory`); `(0, 1)` keeps the whole memory, mirrored.
 
     Returns:
         A `FreeStep`.
@@ -350,7 +382,9 @@ def build_free_step(model, optimizer, config, strategy, *, num_train=None):
         MemoryBudgetError: The memory would not fit in the host's memory.
     """
     model_fn = shared_backward_model(model, stand_in=config.stand_in)
-    memory = make_memory(config, num_train=num_train, image_shape=model.input_shape[1:])
+    memory = make_memory(
+        config, num_train=num_train, image_shape=model.input_shape[1:], shard=shard
+    )
     update = FreeUpdate(
         lambda x: model_fn(x, training=True), optimizer, model.trainable_variables, config
     )

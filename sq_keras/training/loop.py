@@ -28,6 +28,7 @@ from sq_keras.training.methods import takes_indices
 from sq_keras.training.metrics import evaluate_accuracy
 from sq_keras.training.metrics import input_gradient_stats
 from sq_keras.training.rundir import RunDir
+from sq_keras.training.rundir import check_whole_memory
 from sq_keras.training.rundir import check_writable_parent
 from sq_keras.training.rundir import prepare_model_dir
 from sq_keras.training.schedules import alpha_at
@@ -55,6 +56,15 @@ class _Run:
     restore_manager: tf.train.CheckpointManager = None
     save_manager: tf.train.CheckpointManager = None
     history: list = dataclasses.field(default_factory=list)
+    # `(index, count)`: with count > 1 this worker reads and keeps the memory
+    # of its own examples only.
+    memory_shard: tuple = (0, 1)
+    memory_checkpoint: tf.train.Checkpoint = None
+    memory_manager: tf.train.CheckpointManager = None
+
+    @property
+    def sharded(self):
+        return self.memory_shard[1] > 1
 
     @property
     def drop_remainder(self):
@@ -68,6 +78,10 @@ class _Run:
         num_train, batch_size = self.source.num_train, self.config.batch_size
         if not num_train:
             return None
+        if self.sharded:
+            # Every worker takes as many steps as the one with fewest examples.
+            workers = self.memory_shard[1]
+            return (num_train // workers) // (batch_size // workers)
         if self.drop_remainder:
             return num_train // batch_size
         return math.ceil(num_train / batch_size)
@@ -96,7 +110,27 @@ def _setup(config, strategy):
     source = data.load_training_data(
         config, info, add_noise=METHODS[config.method].noise, with_indices=takes_indices(config)
     )
-    return _Run(config, info, strategy, source, _open_run_dir(config, strategy))
+    shard = _memory_shard(config, strategy)
+    return _Run(config, info, strategy, source, _open_run_dir(config, strategy), memory_shard=shard)
+
+
+def _memory_shard(config, strategy):
+    """`(index, count)` of this worker's memory shard; `(0, 1)`: the memory is whole.
+
+    Raises:
+        ValueError: The global batch does not split evenly over the replicas.
+    """
+    if not takes_indices(config):
+        return 0, 1
+    shard = distribute.worker_shard(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if shard[1] > 1 and config.batch_size % replicas:
+        raise ValueError(
+            f"--batch_size={config.batch_size} does not split evenly over the "
+            f"{replicas} replicas of {shard[1]} workers, which each read their own examples "
+            f"of every batch. Use a multiple of {replicas}."
+        )
+    return shard
 
 
 def _build(run):
@@ -111,6 +145,7 @@ def _build(run):
         run.strategy,
         num_train=run.source.num_train,
         steps_per_epoch=run.steps_per_epoch,
+        memory_shard=run.memory_shard,
     )
     with run.strategy.scope():
         run.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -121,6 +156,11 @@ def _build(run):
         **getattr(run.step, "state", {}),
     )
     run.restore_manager, run.save_manager = run.run_dir.checkpoint_managers(run.checkpoint)
+    if run.sharded:
+        run.memory_checkpoint = tf.train.Checkpoint(**run.step.memory.shard_state)
+        run.memory_manager = tf.train.CheckpointManager(
+            run.memory_checkpoint, run.run_dir.memory_dir(*run.memory_shard), max_to_keep=2
+        )
 
 
 def _restore(run, log):
@@ -129,9 +169,26 @@ def _restore(run, log):
     if latest:
         run.checkpoint.restore(latest).expect_partial()
         epochs_done = int(run.epoch_var.numpy())
+        _restore_memory(run, latest, epochs_done, log)
         run.history = run.run_dir.read_history(epochs_done)
         log(f"Resumed from {latest} (epoch {epochs_done}).")
     return int(run.epoch_var.numpy())
+
+
+def _restore_memory(run, latest, epochs_done, log):
+    """This worker's memory shard of the restored epoch; a whole memory must be in `latest`.
+
+    Raises:
+        TrainingError: The run was trained with another number of workers.
+    """
+    if not takes_indices(run.config) or epochs_done == 0:
+        return
+    if not run.sharded:
+        check_whole_memory(latest, run.config.model_dir)
+        return
+    path = run.run_dir.memory_checkpoint(epochs_done, *run.memory_shard, latest)
+    run.memory_checkpoint.restore(path).assert_existing_objects_matched()
+    log(f"Restored this worker's perturbation memory shard from {path}.")
 
 
 def _log_start(run, log):
@@ -204,10 +261,7 @@ def _run_steps(run, epoch, title):
     """
     bar = _ProgressBar(run.steps_per_epoch, title)
     loss_sum = correct = seen = 0.0
-    dataset = run.strategy.experimental_distribute_dataset(
-        run.source.train_batches(epoch, run.drop_remainder)
-    )
-    for i, batch in enumerate(dataset):
+    for i, batch in enumerate(_distributed_batches(run, epoch)):
         batch_loss, batch_correct, batch_n = run.step(*batch)
         n = int(batch_n)
         loss = float(batch_loss) / n
@@ -219,6 +273,34 @@ def _run_steps(run, epoch, title):
         seen += n
         bar.update(i + 1, loss=loss_sum / seen, accuracy=correct / seen)
     return loss_sum, correct, seen
+
+
+def _distributed_batches(run, epoch):
+    """The epoch's batches, split over the replicas.
+
+    With a sharded memory each worker reads its own examples
+    (`shard=memory_shard`), as many steps as every other worker.
+    """
+    if not run.sharded:
+        return run.strategy.experimental_distribute_dataset(
+            run.source.train_batches(epoch, run.drop_remainder)
+        )
+    index, count = run.memory_shard
+    replicas_per_worker = run.strategy.num_replicas_in_sync // count
+
+    def worker_batches(context):
+        if context.input_pipeline_id != index:
+            raise RuntimeError(
+                f"Worker {index} of {count} was given input pipeline "
+                f"{context.input_pipeline_id} of {context.num_input_pipelines}."
+            )
+        batch_size = context.get_per_replica_batch_size(run.config.batch_size)
+        batches = run.source.train_batches(
+            epoch, True, shard=run.memory_shard, batch_size=batch_size
+        )
+        return batches.take(run.steps_per_epoch * replicas_per_worker)
+
+    return run.strategy.distribute_datasets_from_function(worker_batches)
 
 
 def _train_epoch(run, epoch):
@@ -276,7 +358,18 @@ def _record_epoch(run, record):
         with averaged_weights(run.model, run.optimizer):
             run.run_dir.save_epoch_weights(run.model, record["epoch"])
     run.epoch_var.assign(record["epoch"])
+    if run.sharded:
+        # Every worker's shard of the epoch is on disk before any run
+        # checkpoint names the epoch: a resumed run finds all of them.
+        run.memory_manager.save(checkpoint_number=record["epoch"])
+        _barrier(run.strategy)
     run.save_manager.save(checkpoint_number=record["epoch"])
+
+
+def _barrier(strategy):
+    """Returns once every worker has called it (a collective sum)."""
+    ones = strategy.run(lambda: tf.constant(1))
+    strategy.reduce("SUM", ones, axis=None).numpy()
 
 
 def _log_epoch(config, record, log):

@@ -8,6 +8,11 @@ update starts from) and `store(indices, x_adv, images)`:
   epochs (Zheng et al. 2020, ATTA). Its size is `examples x pixels x bytes`
   per copy: `memory_bytes` computes it and `check_memory_fits` refuses one
   that would not fit, naming the alternatives.
+- `ShardedMemory`: a `PerturbationMemory` split with the data over the
+  workers of a multi-worker run. Worker `w` of `W` keeps only the examples
+  it reads, those with `index % W == w`, as rows `index // W` of a variable
+  of its own (`local_memory_variable`): `examples x pixels x bytes / W` per
+  worker, written without any communication.
 - `ReplayStart` ("none"): no memory at all. Each minibatch starts from a
   fresh random (or zero) perturbation, carried only across its
   `free_replays` updates (Shafahi et al. 2019's minibatch replay); for
@@ -29,6 +34,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
 
 from sq_keras import attacks
 
@@ -134,11 +140,26 @@ def _decode(stored, eps):
     return tf.cast(stored, tf.float32)
 
 
-def initial_memory(num_train, image_shape, *, eps, init="uniform", dtype="float32", seed=0):
+def shard_examples(num_examples, shard, shards):
+    """The training examples worker `shard` of `shards` keeps: `index % shards == shard`.
+
+    Returns:
+        int64 indices, in order: example `i` is the shard's row `i // shards`.
+    """
+    return np.arange(shard, int(num_examples), shards, dtype=np.int64)
+
+
+def initial_memory(
+    num_train, image_shape, *, eps, init="uniform", dtype="float32", seed=0, shard=(0, 1)
+):
     """The memory's initial value: `[num_train, *image_shape]` in `dtype`.
 
     Args:
         init: "uniform" (in [-eps, eps], keyed by `seed`) or "zeros".
+        shard: `(index, count)`: only the rows of the examples of shard
+            `index` of `count` (`shard_examples`), the same values as the
+            whole memory's rows. A uniform start draws the whole memory's
+            float32 value to take them; zeros draws nothing.
 
     Raises:
         ValueError: An unknown `init` or `dtype`.
@@ -147,10 +168,14 @@ def initial_memory(num_train, image_shape, *, eps, init="uniform", dtype="float3
         raise ValueError(f"`init` must be one of {FREE_INITS}. Received: init={init!r}")
     if dtype not in MEMORY_DTYPES:
         raise ValueError(f"`dtype` must be one of {MEMORY_DTYPES}. Received: dtype={dtype!r}")
-    shape = (int(num_train), *image_shape)
+    index, count = shard
+    rows = shard_examples(num_train, index, count)
     if init == "zeros":
-        return tf.zeros(shape, dtype)
+        return tf.zeros((len(rows), *image_shape), dtype)
+    shape = (int(num_train), *image_shape)
     delta = _uniform(shape, eps, tf.constant([seed, 7_919], tf.int64))
+    if count > 1:
+        delta = tf.gather(delta, rows)
     return _encode(delta, dtype, eps)
 
 
@@ -167,6 +192,19 @@ def memory_variable(initial):
         synchronization=tf.VariableSynchronization.ON_WRITE,
         aggregation=tf.VariableAggregation.NONE,
     )
+
+
+def local_memory_variable(initial):
+    """A non-trainable `tf.Variable` holding `initial`, this process's own.
+
+    Even under a `tf.distribute` strategy's scope it is one plain variable
+    on this worker, neither mirrored nor synchronised: a `ShardedMemory`'s
+    shard, which no other worker holds.
+    """
+    # tf.Variable(...) would go through the strategy's variable creator,
+    # which makes every variable distributed (and refuses synchronization
+    # NONE); the class itself makes a plain one.
+    return resource_variable_ops.ResourceVariable(initial, trainable=False, name="perturbations")
 
 
 def _start_from(images, delta, eps):
@@ -206,10 +244,14 @@ class PerturbationMemory:
         value = getattr(self.variable, "value", self.variable)
         return value if isinstance(value, tf.Variable) else self.variable
 
+    def _rows(self, indices):
+        """The memory's rows of the examples `indices`."""
+        return indices
+
     def start(self, images, indices, seed=None):
         """The examples' stored perturbed images, projected into the eps-ball and [0, 1]."""
         del seed
-        delta = _decode(tf.gather(self._tf_variable(), indices), self.eps)
+        delta = _decode(tf.gather(self._tf_variable(), self._rows(indices)), self.eps)
         return _start_from(images, tf.cast(delta, images.dtype), self.eps)
 
     def store(self, indices, x_adv, images):
@@ -220,6 +262,51 @@ class PerturbationMemory:
         all_indices = context.all_gather(indices, axis=0)
         all_deltas = context.all_gather(delta, axis=0)
         variable.scatter_update(tf.IndexedSlices(all_deltas, all_indices))
+
+
+class ShardedMemory(PerturbationMemory):
+    """This worker's shard of the memory: the examples it reads, and no others.
+
+    Worker `shard` of `shards` reads only the examples with
+    `index % shards == shard` (the input pipeline's `shard`), so it keeps only
+    theirs, example `i` as row `i // shards` of a variable of its own
+    (`local_memory_variable`, `initial_memory(..., shard=...)`). `store`
+    writes a replica's own examples without gathering the other replicas':
+    the memory is `examples x pixels x bytes / shards` per worker and costs
+    no communication. The shard is not part of the run's shared checkpoint
+    (`state` is empty): each worker checkpoints its own (`shard_state`).
+
+    Args:
+        variable: The shard, `[len(shard_examples(N, shard, shards)), H, W, C]`.
+        eps: Radius of the perturbations (and of int8's grid).
+        shard: This worker's index.
+        shards: Workers.
+        num_examples: Training examples N of the whole memory.
+    """
+
+    def __init__(self, variable, *, eps, shard, shards, num_examples):
+        super().__init__(variable, eps=eps)
+        self.shard, self.shards, self.num_examples = shard, shards, num_examples
+        self.state = {}
+        self.shard_state = {"perturbations": variable}
+
+    def describe(self):
+        """One line: the whole memory and this worker's shard of it."""
+        shape = tuple(self.variable.shape)
+        dtype = self._tf_variable().dtype.name
+        return describe_memory(self.num_examples, shape[1:], dtype, shards=self.shards) + (
+            f" This worker (shard {self.shard}) keeps examples i % {self.shards} == "
+            f"{self.shard}: {shape[0]} of them."
+        )
+
+    def _rows(self, indices):
+        return indices // self.shards
+
+    def store(self, indices, x_adv, images):
+        """Keeps `x_adv - images` for this replica's examples `indices`."""
+        variable = self._tf_variable()
+        delta = _encode(tf.cast(x_adv - images, tf.float32), variable.dtype.name, self.eps)
+        variable.scatter_update(tf.IndexedSlices(delta, self._rows(indices)))
 
 
 class ReplayStart:

@@ -11,7 +11,11 @@ run write their own checkpoints, logs and model under `workers/`):
 * `history.json`: per-epoch metrics, written before each checkpoint;
 * `epochs/`: the weights after every epoch, with `keep_epoch_weights`;
 * `logs/`: TensorBoard events;
-* `model.keras`: the final model; `results.json`: the final metrics.
+* `model.keras`: the final model; `results.json`: the final metrics;
+* `memory_shard_<w>_of_<W>/`: under a multi-worker run whose perturbation
+  memory is sharded, each worker's own shard, one checkpoint per epoch
+  beside the chief's (the chief's in `model_dir`, the others' in their
+  `workers/` directories); a worker resumes from its own.
 
 ```python
 prepare_model_dir(config, environment=provenance.environment())
@@ -22,7 +26,9 @@ run_dir.write_history(history + [record])
 """
 
 import dataclasses
+import glob
 import os
+import re
 import shutil
 import tempfile
 
@@ -54,6 +60,10 @@ _EPOCH_KEY = "epoch/.ATTRIBUTES/VARIABLE_VALUE"
 
 # What `--overwrite` removes of a different run.
 RUN_OUTPUTS = ("checkpoints", "logs", "history.json", "results.json", "model.keras")
+
+# The perturbation memory in a run's checkpoints, when it is kept whole.
+_MEMORY_KEY = "perturbations/.ATTRIBUTES/VARIABLE_VALUE"
+_SHARD_DIR = re.compile(r"memory_shard_(\d+)_of_(\d+)$")
 
 
 def config_differences(previous, record, defaults):
@@ -139,8 +149,8 @@ def resumed_environments(previous, environment):
 
 
 def clear_run(model_dir):
-    """Removes another run's outputs (`RUN_OUTPUTS`) from `model_dir`."""
-    for name in RUN_OUTPUTS:
+    """Removes another run's outputs (`RUN_OUTPUTS`, the chief's memory shards) from `model_dir`."""
+    for name in RUN_OUTPUTS + tuple(_shard_dirs(model_dir)):
         target = os.path.join(model_dir, name)
         if os.path.isdir(target):
             shutil.rmtree(target)
@@ -201,6 +211,46 @@ def check_writable_parent(path, what):
         ) from e
     if os.path.exists(path) and not os.path.isdir(path):
         raise TrainingError(f"{what} {path} exists and is not a directory.")
+
+
+def _shard_dirs(directory):
+    """The names of the memory shard directories in `directory`."""
+    paths = glob.glob(os.path.join(directory, "memory_shard_*_of_*"))
+    return sorted(os.path.basename(p) for p in paths if _SHARD_DIR.search(p))
+
+
+def _shard_counts(directory):
+    """The worker counts `directory`'s memory shards were made for."""
+    return sorted({int(_SHARD_DIR.search(name).group(2)) for name in _shard_dirs(directory)})
+
+
+def checkpoint_has_memory(checkpoint_path):
+    """Whether a run's checkpoint holds the whole perturbation memory."""
+    return _MEMORY_KEY in dict(tf.train.list_variables(checkpoint_path))
+
+
+def _resume_workers_error(what, workers):
+    return TrainingError(
+        f"{what}; resume it with {workers} worker(s). The perturbations of a worker's examples "
+        "live only in that worker's memory shard, so a run's number of workers cannot change."
+    )
+
+
+def check_whole_memory(checkpoint_path, model_dir):
+    """Refuses to resume a run with a whole memory from a checkpoint of a sharded one.
+
+    Raises:
+        TrainingError: `checkpoint_path` holds no memory: the run was
+            trained with its memory sharded over several workers.
+    """
+    if checkpoint_has_memory(checkpoint_path):
+        return
+    counts = _shard_counts(model_dir) or ["several"]
+    raise _resume_workers_error(
+        f"{checkpoint_path} holds no perturbation memory: the run kept it sharded over "
+        f"{counts[-1]} workers",
+        counts[-1],
+    )
 
 
 def epoch_weights_path(model_dir, epoch):
@@ -269,6 +319,44 @@ class RunDir:
             checkpoint, os.path.join(self.out_dir, "checkpoints"), max_to_keep=1
         )
         return manager, own
+
+    def memory_dir(self, shard, shards):
+        """Where worker `shard` of `shards` checkpoints its perturbation memory shard."""
+        return os.path.join(self.out_dir, f"memory_shard_{shard}_of_{shards}")
+
+    def memory_checkpoint(self, epochs_done, shard, shards, run_checkpoint):
+        """This worker's memory shard checkpoint of epoch `epochs_done`.
+
+        Args:
+            run_checkpoint: The run's checkpoint it resumes from (of the
+                same epoch).
+
+        Raises:
+            TrainingError: There is none: the run was trained with another
+                number of workers, or with its memory whole.
+        """
+        path = os.path.join(self.memory_dir(shard, shards), f"ckpt-{epochs_done}")
+        if os.path.exists(path + ".index"):
+            return path
+        counts = [c for c in _shard_counts(self.out_dir) if c != shards]
+        if counts:
+            raise _resume_workers_error(
+                f"{self.out_dir} holds this worker's perturbation memory sharded over "
+                f"{counts[-1]} workers, not {shards}",
+                counts[-1],
+            )
+        if checkpoint_has_memory(run_checkpoint):
+            raise _resume_workers_error(
+                f"{run_checkpoint} holds the whole perturbation memory: the run was trained "
+                "on one worker",
+                1,
+            )
+        raise TrainingError(
+            f"No perturbation memory shard of epoch {epochs_done} in "
+            f"{self.memory_dir(shard, shards)}, which {run_checkpoint} needs: worker "
+            f"{shard} of {shards} did not take part in that epoch, or its shard was lost. "
+            "Resume with the workers the run was trained with, or --overwrite to start afresh."
+        )
 
     def read_history(self, epochs_done):
         """The recorded epochs up to the restored checkpoint's `epochs_done`.

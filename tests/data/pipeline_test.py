@@ -76,6 +76,44 @@ class MakeTrainDatasetTest(parameterized.TestCase):
         self.assertNotEqual(seen, list(range(len(seen))))  # shuffled
         self.assertNotEqual(seen, [int(i) for *_, b in batches(2, with_indices=True) for i in b])
 
+    def test_shards_read_their_own_examples_every_epoch_in_the_epochs_order(self):
+        images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+        labels = np.arange(20, dtype=np.int64)
+        config = training.TrainConfig(method="sq_free", batch_size=8, augment="crop").resolved()
+
+        def indices(epoch, **kwargs):
+            batches = data.make_train_dataset(
+                images, labels, config, epoch, add_noise=False, with_indices=True, **kwargs
+            )
+            return [b.numpy().tolist() for *_, b in batches]
+
+        for epoch in (0, 1):
+            whole = sum(indices(epoch), [])
+            parts = [indices(epoch, shard=(w, 2), batch_size=4) for w in range(2)]
+            for w, part in enumerate(parts):
+                self.assertEqual([len(b) for b in part], [4, 4, 2])
+                flat = sum(part, [])
+                self.assertTrue(all(i % 2 == w for i in flat))
+                self.assertEqual(flat, [i for i in whole if i % 2 == w])  # the epoch's order
+            self.assertEqual(sorted(sum(parts[0] + parts[1], [])), list(range(20)))
+        self.assertEqual(indices(0, shard=(0, 1)), indices(0))
+
+    def test_each_shard_augments_with_its_own_key(self):
+        blank = np.full((20, 8, 8, 1), 200, np.uint8)
+        labels = np.arange(20, dtype=np.int64)
+        config = training.TrainConfig(method="sq_free", batch_size=20, augment="crop").resolved()
+        first, second = (
+            next(
+                iter(
+                    data.make_train_dataset(
+                        blank, labels, config, 0, add_noise=False, shard=(w, 2), batch_size=10
+                    )
+                )
+            )[0].numpy()
+            for w in range(2)
+        )
+        self.assertFalse(np.array_equal(first, second))
+
 
 class WithIndicesTest(absltest.TestCase):
     def test_each_example_keeps_its_index_through_shuffling_and_batching(self):

@@ -30,7 +30,7 @@ def _mnist(n):
     return images.astype(np.float32) / 255.0, labels.astype(np.int64)
 
 
-def _components(num_train, method="sq_free", **overrides):
+def _components(num_train, method="sq_free", memory_shard=(0, 1), **overrides):
     config = training.TrainConfig(
         dataset="mnist", method=method, eps=EPS, mixed_precision="float32", **overrides
     ).resolved()
@@ -42,6 +42,7 @@ def _components(num_train, method="sq_free", **overrides):
         tf.distribute.get_strategy(),
         num_train=num_train,
         steps_per_epoch=10,
+        memory_shard=memory_shard,
     )
 
 
@@ -238,6 +239,19 @@ class PerturbationMemoryTest(parameterized.TestCase):
         memory = step.memory.variable.numpy()
         self.assertTrue(np.all(memory[:50] == 0) and np.all(memory[82:] == 0))
         self.assertGreater(np.abs(memory[50:82]).mean(), 0.05)
+
+    def test_a_workers_step_keeps_its_shard_as_the_whole_memory_would(self):
+        images, labels = _mnist(64)
+        odd = np.arange(1, 64, 2)  # worker 1 of 2 reads the odd examples
+        _, _, whole = _components(num_train=64)
+        whole(images[odd], labels[odd], odd)
+        _, _, shard = _components(num_train=64, memory_shard=(1, 2))
+        self.assertEqual(shard.state, {})  # checkpointed by the worker, not the run
+        self.assertEqual(tuple(shard.memory.variable.shape), (32, 28, 28, 1))
+        shard(images[odd], labels[odd], odd)
+        np.testing.assert_allclose(
+            shard.memory.variable.numpy(), whole.memory.variable.numpy()[odd], atol=1e-6
+        )
 
 
 class ReplayWithoutMemoryTest(absltest.TestCase):

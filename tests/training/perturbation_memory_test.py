@@ -85,6 +85,68 @@ class InitialMemoryTest(parameterized.TestCase):
             pm.initial_memory(4, (2, 2, 1), eps=EPS, init="gaussian")
 
 
+class ShardedMemoryTest(parameterized.TestCase):
+    @parameterized.parameters("float32", "bfloat16", "int8")
+    def test_a_shards_initial_value_is_the_whole_memorys_rows_of_its_examples(self, dtype):
+        whole = pm.initial_memory(7, (2, 2, 1), eps=EPS, dtype=dtype, seed=3).numpy()
+        for index in range(3):
+            part = pm.initial_memory(
+                7, (2, 2, 1), eps=EPS, dtype=dtype, seed=3, shard=(index, 3)
+            ).numpy()
+            np.testing.assert_array_equal(part, whole[index::3])
+        zeros = pm.initial_memory(7, (2, 2, 1), eps=EPS, init="zeros", shard=(2, 3))
+        self.assertEqual(zeros.shape, (2, 2, 2, 1))
+        self.assertEqual(pm.shard_examples(7, 2, 3).tolist(), [2, 5])
+
+    @parameterized.parameters(("float32", 2), ("int8", 64))
+    def test_each_shard_takes_at_most_what_the_formula_says(self, dtype, shards):
+        num = 1_000
+        budget = pm.memory_bytes(num, (28, 28, 1), dtype, shards=shards)
+        sizes = [
+            pm.initial_memory(
+                num, (28, 28, 1), eps=EPS, init="zeros", dtype=dtype, shard=(i, shards)
+            )
+            .numpy()
+            .nbytes
+            for i in range(shards)
+        ]
+        self.assertEqual(max(sizes), budget)
+        self.assertEqual(sum(sizes), pm.memory_bytes(num, (28, 28, 1), dtype))
+
+    def test_a_shard_keeps_its_examples_as_rows_index_over_workers(self):
+        variable = pm.local_memory_variable(tf.zeros((3, 2, 2, 1)))
+        memory = pm.ShardedMemory(variable, eps=EPS, shard=1, shards=2, num_examples=6)
+        images = tf.fill((2, 2, 2, 1), 0.5)
+        x_adv = images + tf.constant([0.1, -0.2])[:, None, None, None]
+        memory.store(tf.constant([5, 1], tf.int64), x_adv, images)
+        # Example 5 is row 2, example 1 row 0; row 1 (example 3) is untouched.
+        np.testing.assert_allclose(variable.numpy()[:, 0, 0, 0], [-0.2, 0.0, 0.1], atol=1e-6)
+        started = memory.start(images, tf.constant([1, 5], tf.int64))
+        np.testing.assert_allclose(started.numpy()[:, 0, 0, 0], [0.3, 0.6], atol=1e-6)
+        self.assertEqual(memory.state, {})
+        self.assertIs(memory.shard_state["perturbations"], variable)
+
+    def test_the_description_names_the_whole_memory_and_this_shard(self):
+        variable = pm.local_memory_variable(tf.zeros((30_000, 28, 28, 1)))
+        line = pm.ShardedMemory(
+            variable, eps=EPS, shard=1, shards=2, num_examples=60_000
+        ).describe()
+        self.assertEqual(
+            line,
+            "Perturbation memory: 60000 x 28x28x1 float32 = 94.1 MB per shard of 2. This "
+            "worker (shard 1) keeps examples i % 2 == 1: 30000 of them.",
+        )
+
+    def test_a_shards_variable_is_this_workers_own_under_a_strategy(self):
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+        with strategy.scope():
+            own = pm.local_memory_variable(tf.zeros((2, 1)))
+            mirrored = pm.memory_variable(tf.zeros((2, 1)))
+        self.assertNotIsInstance(own, tf.distribute.DistributedValues)
+        self.assertIsInstance(mirrored, tf.distribute.DistributedValues)
+        self.assertFalse(own.trainable)
+
+
 class ReplayStartTest(absltest.TestCase):
     def test_each_step_starts_from_its_own_seeded_point_in_the_eps_ball(self):
         start = pm.ReplayStart(eps=EPS, seed=0)

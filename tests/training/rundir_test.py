@@ -38,6 +38,7 @@ def _touch_outputs(model_dir):
     """Stand-ins for the files a finished run leaves."""
     os.makedirs(os.path.join(model_dir, "checkpoints"))
     os.makedirs(os.path.join(model_dir, "logs"))
+    os.makedirs(os.path.join(model_dir, "memory_shard_0_of_2"))
     for name in ("history.json", "results.json", "model.keras", "checkpoints/ckpt-1.index"):
         with open(os.path.join(model_dir, name), "w") as f:
             f.write("{}")
@@ -282,6 +283,66 @@ class RunDirTest(parameterized.TestCase):
             run_dir.save_model(Broken())
         with open(os.path.join(model_dir, "model.keras"), "rb") as f:
             self.assertEqual(f.read(), before)
+
+
+def _save(directory, epochs, **variables):
+    """A checkpoint of `variables` numbered `epochs` in `directory`; returns its path."""
+    checkpoint = tf.train.Checkpoint(**variables)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2).save(epochs)
+
+
+class MemoryShardTest(absltest.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.model_dir = self.create_tempdir().full_path
+        self.worker = training.RunDir(
+            self.model_dir, os.path.join(self.model_dir, "workers", "worker_1")
+        )
+        self.run_checkpoint = _save(
+            os.path.join(self.model_dir, "checkpoints"), 2, epoch=tf.Variable(2)
+        )
+
+    def test_each_worker_resumes_from_its_own_shard_of_the_epoch(self):
+        chief = training.RunDir(self.model_dir)
+        self.assertEqual(
+            chief.memory_dir(0, 2), os.path.join(self.model_dir, "memory_shard_0_of_2")
+        )
+        directory = self.worker.memory_dir(1, 2)
+        self.assertEqual(
+            directory, os.path.join(self.model_dir, "workers", "worker_1", "memory_shard_1_of_2")
+        )
+        for epoch in (1, 2):
+            _save(directory, epoch, perturbations=tf.Variable([float(epoch)]))
+        path = self.worker.memory_checkpoint(2, 1, 2, self.run_checkpoint)
+        self.assertEqual(path, os.path.join(directory, "ckpt-2"))
+        self.assertEqual(self.worker.memory_checkpoint(1, 1, 2, self.run_checkpoint)[-6:], "ckpt-1")
+
+    def test_another_number_of_workers_is_refused(self):
+        _save(self.worker.memory_dir(1, 2), 2, perturbations=tf.Variable([1.0]))
+        with self.assertRaisesRegex(
+            training.TrainingError, "sharded over 2 workers, not 3; resume it with 2 worker"
+        ):
+            self.worker.memory_checkpoint(2, 1, 3, self.run_checkpoint)
+
+    def test_a_run_trained_with_its_memory_whole_is_refused(self):
+        whole = _save(os.path.join(self.model_dir, "whole"), 2, perturbations=tf.Variable([1.0]))
+        with self.assertRaisesRegex(training.TrainingError, "resume it with 1 worker"):
+            self.worker.memory_checkpoint(2, 1, 2, whole)
+        rundir.check_whole_memory(whole, self.model_dir)
+
+    def test_a_missing_shard_is_named(self):
+        _save(self.worker.memory_dir(1, 2), 1, perturbations=tf.Variable([1.0]))
+        with self.assertRaisesRegex(
+            training.TrainingError, "No perturbation memory shard of epoch 2 in .*worker_1"
+        ):
+            self.worker.memory_checkpoint(2, 1, 2, self.run_checkpoint)
+
+    def test_a_sharded_run_is_not_resumed_with_its_memory_whole(self):
+        os.makedirs(os.path.join(self.model_dir, "memory_shard_0_of_4"))
+        with self.assertRaisesRegex(
+            training.TrainingError, "holds no perturbation memory.*resume it with 4 worker"
+        ):
+            rundir.check_whole_memory(self.run_checkpoint, self.model_dir)
 
 
 if __name__ == "__main__":
