@@ -160,6 +160,9 @@ def train_and_attack(name):
         "epochs_done": results["epochs_done"],
         "total_train_seconds": results["total_train_seconds"],
         "thresholds": results["thresholds"],
+        "trained_at": jsonio.read_json(os.path.join(out_dir, "run", "config.json"))["environment"][
+            "git_commit"
+        ],
         "commit": provenance.environment()["git_commit"],
         "machine": provenance.environment()["machine"],
     }
