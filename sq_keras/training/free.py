@@ -114,17 +114,31 @@ def loss_and_gradients(model_fn, variables, images, labels, *, scale=None, regul
         `(per_example_losses, logits, variable_gradients, input_gradient)`;
         the per-example losses include the regularization.
     """
+
+    def loss(x):
+        logits = tf.cast(model_fn(x), tf.float32)
+        return attacks.cross_entropy_loss(logits, labels), logits
+
+    return _one_backward_pass(loss, variables, images, scale=scale, regularization=regularization)
+
+
+def _one_backward_pass(loss, variables, x, *, scale, regularization):
+    """Differentiates `loss(x) -> (per_example, logits)` in `variables` and `x` at once.
+
+    The regularization losses join each example's loss; `scale` maps the sum
+    to what is differentiated. Returns `(per_example, logits, variable
+    gradients, input gradient)`.
+    """
     with tf.GradientTape() as tape:
-        tape.watch(images)
-        logits = tf.cast(model_fn(images), tf.float32)
-        per_example = attacks.cross_entropy_loss(logits, labels)
+        tape.watch(x)
+        per_example, logits = loss(x)
         extra = regularization() if regularization is not None else []
         if extra:
             per_example += tf.cast(tf.add_n(extra), per_example.dtype)
         total = tf.reduce_sum(per_example)
         if scale is not None:
             total = scale(total)
-    *grads, input_grad = tape.gradient(total, [*variables, images])
+    *grads, input_grad = tape.gradient(total, [*variables, x])
     return per_example, logits, grads, input_grad
 
 
@@ -151,21 +165,15 @@ def trades_loss_and_gradients(
         input_gradient)`.
     """
     n = tf.shape(images)[0]
-    with tf.GradientTape() as tape:
-        tape.watch(x_adv)
-        logits = tf.cast(model_fn(tf.concat([images, x_adv], axis=0)), tf.float32)
+
+    def loss(x):
+        logits = tf.cast(model_fn(tf.concat([images, x], axis=0)), tf.float32)
         clean, adv = logits[:n], logits[n:]
         log_p_clean = tf.nn.log_softmax(clean)
         kl = tf.reduce_sum(tf.exp(log_p_clean) * (log_p_clean - tf.nn.log_softmax(adv)), axis=-1)
-        per_example = attacks.cross_entropy_loss(clean, labels) + beta * kl
-        extra = regularization() if regularization is not None else []
-        if extra:
-            per_example += tf.cast(tf.add_n(extra), per_example.dtype)
-        total = tf.reduce_sum(per_example)
-        if scale is not None:
-            total = scale(total)
-    *grads, input_grad = tape.gradient(total, [*variables, x_adv])
-    return per_example, adv, grads, input_grad
+        return attacks.cross_entropy_loss(clean, labels) + beta * kl, adv
+
+    return _one_backward_pass(loss, variables, x_adv, scale=scale, regularization=regularization)
 
 
 def signed_step(x_adv, gradient, images, *, eps, step_size, skip_non_finite=True):
