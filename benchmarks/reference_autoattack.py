@@ -26,10 +26,13 @@ first (the CPU build of torch):
 Usage:
   python benchmarks/reference_autoattack.py --model=runs/mnist_sq_free \
       --num_examples=500 --chunk_size=100 --reference_commit=a392200
+  python benchmarks/reference_autoattack.py --model=runs/mnist_sq_free \
+      --split='test[1000:2000]' --num_examples=0 --reference_commit=a392200
 """
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -71,7 +74,12 @@ WARM_UP = 4  # Examples of the untimed warm-up runs.
 _MODEL = flags.DEFINE_string(
     "model", "runs/mnist_sq_free", "A .keras file or training model_dir of a Sequential-like CNN."
 )
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 500, "First N test examples.")
+_SPLIT = flags.DEFINE_string(
+    "split", "test", "Split to attack, with an optional slice: `test`, `test[1000:2000]`."
+)
+_NUM_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 500, "First N examples of --split; 0 for all of them."
+)
 _CHUNK_SIZE = flags.DEFINE_integer(
     "chunk_size", 100, "Examples per chunk; the implementations take turns going first."
 )
@@ -510,6 +518,7 @@ def record(reference, ours, *, done, num_examples, port_check, plan, eps):
         "commit": provenance.git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "complete": done == num_examples,
+        "split": _SPLIT.value,
         "num_examples": num_examples,
         "examples_done": done,
         "eps": eps,
@@ -563,7 +572,11 @@ def compare(target, module, images, labels, plan, *, eps, seed, batch_size, chun
 
 def check_flags():
     """Fails with a `app.UsageError` naming the first bad flag value."""
-    for flag in (_NUM_EXAMPLES, _CHUNK_SIZE, _BATCH_SIZE, _THREADS):
+    if _NUM_EXAMPLES.value < 0:
+        raise app.UsageError(
+            f"--num_examples must be 0 (all) or positive. Received: {_NUM_EXAMPLES.value}"
+        )
+    for flag in (_CHUNK_SIZE, _BATCH_SIZE, _THREADS):
         if flag.value <= 0:
             raise app.UsageError(
                 f"--{flag.name} must be a positive integer. Received: {flag.value}"
@@ -583,7 +596,7 @@ def prepare(*, eps, seed, batch_size):
     target = evaluation.load_target(_MODEL.value, policy="float32")
     dataset = target.config.get("dataset") or "mnist"
     images, labels = evaluation.load_examples(
-        dataset, "test", num_examples=_NUM_EXAMPLES.value, data_dir=_DATA_DIR.value
+        dataset, _SPLIT.value, num_examples=_NUM_EXAMPLES.value or None, data_dir=_DATA_DIR.value
     )
     module = port_model(target.keras_model)
     options = {"eps": eps, "seed": seed, "batch_size": batch_size}
@@ -593,6 +606,14 @@ def prepare(*, eps, seed, batch_size):
     return target, module, images, labels, port_check
 
 
+def default_output(split, num_examples):
+    """`results/autoattack/reference_comparison[_<split slice>]_<N or all>.json`."""
+    name = "reference_comparison"
+    if split != "test":
+        name += "_" + "_".join(filter(None, re.split(r"[^0-9A-Za-z]+", split)))
+    return os.path.join("results", "autoattack", f"{name}_{num_examples or 'all'}.json")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -600,9 +621,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     tf.get_logger().setLevel("ERROR")
     set_threads(_THREADS.value)
-    output = _OUTPUT.value or os.path.join(
-        "results", "autoattack", f"reference_comparison_{_NUM_EXAMPLES.value}.json"
-    )
+    output = _OUTPUT.value or default_output(_SPLIT.value, _NUM_EXAMPLES.value)
     options = {"eps": _EPS.value, "seed": _SEED.value, "batch_size": _BATCH_SIZE.value}
     target, module, images, labels, port_check = prepare(**options)
     plan = autoattack_plan(target, _SEED.value)
@@ -632,7 +651,8 @@ def format_figures(payload):
     """A Markdown table of both implementations' figures."""
     ref, own = payload["reference"], payload["ours"]
     lines = [
-        f"eps={payload['eps']:g}, {payload['examples_done']} examples, clean "
+        f"eps={payload['eps']:g}, {payload['examples_done']} examples of "
+        f"{payload['split']}, clean "
         f"{ref['clean_accuracy']:.1f}% (reference) / {own['clean_accuracy']:.1f}% (ours)",
         "",
         "| attack | reference robust after | reference s | ours robust after | ours s |",
