@@ -100,10 +100,27 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None, 
     Raises:
         ValueError: Bad counts, or configurations of different datasets.
     """
-    counts = (("batch_size", batch_size), ("steps", steps), ("repeats", repeats))
-    for name, value in (*counts, ("num_train", num_train)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {value!r}")
+    _check_counts(("steps", steps), ("repeats", repeats))
+    runs = build_train_steps(configs, batch_size=batch_size, num_train=num_train, log=log)
+    seconds, cpu = _time_round_robin(runs, steps=steps, repeats=repeats, log=log)
+    return {name: _summary(seconds[name], cpu[name], batch_size, steps) for name in runs}
+
+
+def build_train_steps(configs, *, batch_size=128, num_train=60_000, log=None):
+    """Each configuration's real train step, traced and run once, and its inputs.
+
+    Args:
+        configs, batch_size, num_train, log: As in `time_train_steps`.
+
+    Returns:
+        Dict name -> `(step, batch)`: `step(*batch(i))` runs train step `i`
+        on random images of the dataset's shape, as `time_train_steps` times
+        it (noise and memory indices included).
+
+    Raises:
+        ValueError: Bad counts, or configurations of different datasets.
+    """
+    _check_counts(("batch_size", batch_size), ("num_train", num_train))
     configs = {name: config.resolved() for name, config in configs.items()}
     datasets = {config.dataset for config in configs.values()}
     if len(datasets) != 1:
@@ -120,8 +137,13 @@ def time_train_steps(configs, *, batch_size=128, steps=10, repeats=3, log=None, 
         batch = _input_stage(config, images, labels, num_train)
         float(step(*batch(0))[0])  # tracing and the first run
         runs[name] = (step, batch)
-    seconds, cpu = _time_round_robin(runs, steps=steps, repeats=repeats, log=log)
-    return {name: _summary(seconds[name], cpu[name], batch_size, steps) for name in runs}
+    return runs
+
+
+def _check_counts(*named):
+    for name, value in named:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {value!r}")
 
 
 def _time_round_robin(runs, *, steps, repeats, log):

@@ -109,11 +109,12 @@ def _conv_with_fast_gradients(layer):
             outputs = layer(x)
 
             def gradient(upstream, variables=None):
-                g = upstream
-                if layer.activation is keras.activations.relu:
-                    g = tf.raw_ops.ReluGrad(gradients=upstream, features=outputs)
-                dx = conv_input_gradient(layer, x, outputs, g, activation=False)
-                return dx, [_conv_weight_gradient(v, x, g) for v in variables or []]
+                with tf.name_scope(f"{layer.name}_fast_backward"):  # named in profiles
+                    g = upstream
+                    if layer.activation is keras.activations.relu:
+                        g = tf.raw_ops.ReluGrad(gradients=upstream, features=outputs)
+                    dx = conv_input_gradient(layer, x, outputs, g, activation=False)
+                    return dx, [_conv_weight_gradient(v, x, g) for v in variables or []]
 
             return outputs, gradient
 

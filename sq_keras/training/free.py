@@ -321,14 +321,15 @@ class FreeUpdate:
                 self.model_fn, self.variables, x_adv, labels, **settings
             )
         optimizer.apply_gradients(zip(grads, self.variables))
-        x_next = signed_step(
-            x_adv,
-            input_grad,
-            images,
-            eps=self.config.eps,
-            step_size=self.config.free_step_size,
-            skip_non_finite=isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
-        )
+        with tf.name_scope("free_signed_step"):
+            x_next = signed_step(
+                x_adv,
+                input_grad,
+                images,
+                eps=self.config.eps,
+                step_size=self.config.free_step_size,
+                skip_non_finite=isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
+            )
         return x_next, per_example, logits
 
     def replica_step(self, memory, images, labels, indices=None):
@@ -344,9 +345,11 @@ class FreeUpdate:
         """
         seed = step_seed(self.optimizer)
         images = tf.cast(images, tf.float32)
-        x_adv = memory.start(images, indices, seed)
+        with tf.name_scope("free_memory_start"):  # the scopes name the ops in profiles
+            x_adv = memory.start(images, indices, seed)
         x_adv, per_example, logits = self.replays(x_adv, images, labels)
-        memory.store(indices, x_adv, images)
+        with tf.name_scope("free_memory_store"):
+            memory.store(indices, x_adv, images)
         return per_example, logits
 
 
