@@ -28,6 +28,11 @@ Usage:
       --num_examples=500 --chunk_size=100 --reference_commit=a392200
   python benchmarks/reference_autoattack.py --model=runs/mnist_sq_free \
       --split='test[1000:2000]' --num_examples=0 --reference_commit=a392200
+
+A comparison longer than one session runs as parts on adjacent ranges
+(`--split=test[1000:1500]`, `--split=test[1500:2000]`, or from where an
+interrupted part's `examples_done` stopped), merged by
+`benchmarks/reference_comparison.py`.
 """
 
 import dataclasses
@@ -53,6 +58,11 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from benchmarks.reference_comparison import agreement  # noqa: E402
+from benchmarks.reference_comparison import chunk_figures  # noqa: E402
+from benchmarks.reference_comparison import merge  # noqa: E402
+from benchmarks.reference_comparison import speed_ratios  # noqa: E402
+from benchmarks.reference_comparison import summary  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import jsonio  # noqa: E402
 from sq_keras import provenance  # noqa: E402
@@ -331,30 +341,6 @@ def run_reference(module, images, labels, *, eps, seed, batch_size):
     return chunk_figures(clean_correct, robust, log.rows, seconds, REFERENCE_ATTACKS)
 
 
-def chunk_figures(clean_correct, robust, rows, seconds, names):
-    """The figures of one chunk, per attack in cascade order."""
-    left = int(np.sum(clean_correct))
-    attacks = {}
-    for name in names:
-        row = rows.get(name, {"seconds": 0.0, "attacked": 0, "broken": 0})
-        left -= row["broken"]
-        attacks[name] = {
-            "seconds": row["seconds"],
-            "attacked_examples": row["attacked"],
-            "robust_after": left,
-        }
-    if left != int(np.sum(robust)):
-        raise RuntimeError(
-            f"Robust count {int(np.sum(robust))} differs from the per-attack {left}."
-        )
-    return {
-        "seconds": seconds,
-        "clean_correct": clean_correct,
-        "robust": robust,
-        "attacks": attacks,
-    }
-
-
 # ---------------------------------------------------------------------------
 # sq_keras's preset.
 
@@ -415,59 +401,7 @@ def warm_up(module, target, images, labels, *, eps, seed, batch_size):
 
 
 # ---------------------------------------------------------------------------
-# Chunks, totals and the record.
-
-
-def merge(total, chunk, offset):
-    """Adds a chunk's figures to the running `total` (dict, updated)."""
-    total["seconds"] = total.get("seconds", 0.0) + chunk["seconds"]
-    for key in ("clean_correct", "robust"):
-        total[key] = np.concatenate([total.get(key, np.zeros(0, bool)), chunk[key]])
-    attacks = total.setdefault("attacks", {})
-    for name, row in chunk["attacks"].items():
-        merged = attacks.setdefault(
-            name, {"seconds": 0.0, "attacked_examples": 0, "robust_after": 0}
-        )
-        for key in merged:
-            merged[key] += row[key]
-    total.setdefault("chunks", []).append(
-        {"first_example": offset, "seconds": round(chunk["seconds"], 3)}
-    )
-    return total
-
-
-def summary(total):
-    """A finished or partial total as the JSON's per-implementation entry."""
-    n = len(total["robust"])
-    return {
-        "seconds": round(total["seconds"], 3),
-        "attack_seconds": round(sum(r["seconds"] for r in total["attacks"].values()), 3),
-        "clean_accuracy": round(100.0 * np.mean(total["clean_correct"]), 4),
-        "worst_case_accuracy": round(100.0 * np.mean(total["robust"]), 4),
-        "attacks": {
-            name: {
-                "robust_accuracy_after": round(100.0 * row["robust_after"] / n, 4),
-                "seconds": round(row["seconds"], 3),
-                "attacked_examples": row["attacked_examples"],
-            }
-            for name, row in total["attacks"].items()
-        },
-        "chunks": total["chunks"],
-    }
-
-
-def agreement(reference, ours):
-    """Per-image comparison of the two worst cases."""
-    ref, own = reference["robust"], ours["robust"]
-    return {
-        "robust_under_both": int(np.sum(ref & own)),
-        "robust_under_reference_only": [int(i) for i in np.flatnonzero(ref & ~own)],
-        "robust_under_ours_only": [int(i) for i in np.flatnonzero(own & ~ref)],
-        "clean_disagreements": [
-            int(i) for i in np.flatnonzero(reference["clean_correct"] != ours["clean_correct"])
-        ],
-        "worst_case_of_both": round(100.0 * np.mean(ref & own), 4),
-    }
+# The machine and the record (chunk figures: `reference_comparison`).
 
 
 def cpu_description():
@@ -516,6 +450,7 @@ def record(reference, ours, *, done, num_examples, port_check, plan, eps):
     return {
         "command": " ".join(["python", "benchmarks/reference_autoattack.py", *sys.argv[1:]]),
         "commit": provenance.git_commit(),
+        "model": _MODEL.value,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "complete": done == num_examples,
         "split": _SPLIT.value,
@@ -531,10 +466,7 @@ def record(reference, ours, *, done, num_examples, port_check, plan, eps):
         "our_settings": dataclasses.asdict(plan.settings),
         "reference": ref,
         "ours": own,
-        "speed_ratio_reference_over_ours": round(ref["seconds"] / own["seconds"], 3),
-        "attack_speed_ratio_reference_over_ours": round(
-            ref["attack_seconds"] / own["attack_seconds"], 3
-        ),
+        **speed_ratios(ref, own),
         "agreement": agreement(reference, ours),
         "load_average": os.getloadavg(),
     }
