@@ -278,6 +278,21 @@ def _metadata(dataset, policy, target, run):
     }
 
 
+def _load_examples(dataset):
+    """The first --num_examples of --split; says so when that cuts a sliced split short."""
+    images, labels = evaluation.load_examples(dataset, _SPLIT.value, data_dir=_DATA_DIR.value)
+    wanted = _NUM_EXAMPLES.value
+    if wanted and wanted < len(labels):
+        if data.split_slice(_SPLIT.value)[1:] != (None, None):
+            print(
+                f"Note: --num_examples={wanted} attacks the first {wanted} of the "
+                f"{len(labels)} images of --split={_SPLIT.value}; --num_examples=0 attacks all.",
+                flush=True,
+            )
+        images, labels = images[:wanted], labels[:wanted]
+    return images, labels
+
+
 def _evaluate(eps_values, policy):
     """Loads models and examples, runs the suite and writes the report.
 
@@ -291,9 +306,7 @@ def _evaluate(eps_values, policy):
     _check_shapes(dataset, info, target, source)
     if eps_values == [None]:
         eps_values = [float(target.config.get("eps", info.eps))]
-    images, labels = evaluation.load_examples(
-        dataset, _SPLIT.value, num_examples=_NUM_EXAMPLES.value or None, data_dir=_DATA_DIR.value
-    )
+    images, labels = _load_examples(dataset)
     output = _OUTPUT.value or _default_output(_MODEL.value)
     plan = _plan(target)
     run = _model_run(dataset, policy, target)

@@ -115,6 +115,8 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertTrue(os.listdir(logdir))
         self.assertIn("worst case", result.stdout)
         self.assertIn("masking checks", result.stdout)
+        # A sliced split cut short by --num_examples says so.
+        self.assertIn("--num_examples=60 attacks the first 60 of the 200 images", result.stdout)
         for name, check in report["checks"].items():
             if check["passed"] is False:
                 self.assertIn(f"Masking check {name} failed", result.stderr)
@@ -130,6 +132,8 @@ class EvaluateAppTest(parameterized.TestCase):
             f"--output={output}",
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        # The whole test split is not a slice: --num_examples cuts it without a note.
+        self.assertNotIn("Note: --num_examples", result.stdout)
         # stdout is a pipe here, as when redirected to a log file.
         self.assertNotIn("\r", result.stdout)
         self.assertNotIn("\x1b", result.stdout)
