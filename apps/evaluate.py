@@ -27,6 +27,8 @@ runs AutoAttack's attacks as a cascade (through BPDA on a quantized model);
 """
 
 import os
+import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,6 +42,7 @@ from sq_keras import data  # noqa: E402
 from sq_keras import distribute  # noqa: E402
 from sq_keras import evaluation  # noqa: E402
 from sq_keras import precision  # noqa: E402
+from sq_keras import provenance  # noqa: E402
 
 _DEFAULTS = evaluation.AttackSettings()
 
@@ -262,7 +265,8 @@ def _metadata(dataset, policy, target, run):
     """The app's top-level keys of the JSON report.
 
     The model files' sha256 identify the model wherever the report is read,
-    e.g. when `apps.merge_reports` merges shards evaluated on other machines.
+    e.g. when `apps.merge_reports` merges shards evaluated on other machines;
+    `evaluated` records this run's command, date, commit and machine.
     """
     return {
         "dataset": dataset,
@@ -275,6 +279,11 @@ def _metadata(dataset, policy, target, run):
         "source_model_sha256": run["source_model_sha256"],
         "training_config": target.config,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "evaluated": {
+            "command": " ".join(["python -m apps.evaluate", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            **provenance.environment(),
+        },
     }
 
 

@@ -1,4 +1,4 @@
-r"""Rewrites the comparison tables of a Markdown page from their JSON.
+r"""Rewrites the generated tables of a Markdown page from their JSON.
 
 Usage:
   python -m apps.summarize --page=README.md
@@ -8,9 +8,11 @@ Every block of --page that begins with the line
   <!-- generated from results/mnist.json by python -m apps.summarize -->
 
 and ends with `<!-- end of generated table -->` is replaced by the short
-table of that comparison (`sq_keras.reproduce.summary`); the JSON path is
-relative to the page's directory. Run it after `apps.reproduce` has written
-a new comparison; the README's test checks that the blocks are current.
+table of that comparison (`sq_keras.reproduce.summary`), or, for a report of
+`apps.evaluate` or `apps.merge_reports`, by the table of its attacks; the
+JSON path is relative to the page's directory. Run it after `apps.reproduce`
+has written a new comparison or a report has changed; the README's test
+checks that the blocks are current.
 """
 
 import os

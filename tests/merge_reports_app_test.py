@@ -84,6 +84,13 @@ class MergeReportsAppTest(absltest.TestCase):
                 single["attacks"]["fgsm"]["results"][eps]["robust_accuracy"],
             )
         self.assertEqual([s["split"] for s in merged["shards"]], ["test[0:30]", "test[30:60]"])
+        # Each shard's own run is kept (command, commit, machine); the merged run has none.
+        for shard, name in zip(merged["shards"], ("shard0", "shard1")):
+            self.assertEqual(shard["evaluated"], _read(f"{directory}/{name}.json")["evaluated"])
+            self.assertIn(f"--output={directory}/{name}.json", shard["evaluated"]["command"])
+            self.assertIn("machine", shard["evaluated"])
+            self.assertIn("git_commit", shard["evaluated"])
+        self.assertNotIn("evaluated", merged)
         self.assertEqual(sorted(merged["files"]), ["json", "sweep_plot"])
         self.assertTrue(os.path.isfile(merged["files"]["sweep_plot"]))
         self.assertIn("worst case", result.stdout)

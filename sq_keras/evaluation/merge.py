@@ -299,14 +299,17 @@ def _shard_entry(shard):
         "clean_accuracy": report.clean_accuracy,
         "worst_case_accuracy": report.worst_case_accuracy,
         "versions": report.metadata.get("versions"),
+        "evaluated": report.metadata.get("evaluated"),
     }
 
 
 def _metadata(shards):
-    """The first shard's metadata with the merged split and the shards listed."""
+    """The first shard's metadata with the merged split and the shards listed
+    (each with its own `evaluated` run)."""
     split = f"{shards[0].base}[{shards[0].start}:{shards[-1].stop}]"
+    first = {k: v for k, v in shards[0].report.metadata.items() if k != "evaluated"}
     return {
-        **shards[0].report.metadata,
+        **first,
         "split": split,
         "shards": [_shard_entry(s) for s in shards],
     }

@@ -20,6 +20,10 @@ suite, each headline cascade (such as `autoattack`) on more test images
 (where a row has one), the held-out worst case, how many masking checks failed and
 the training cost against the reference. The candidates screened on
 held-out images only follow in one sentence.
+
+A block may also name a report of `apps.evaluate` (one run, or shards merged
+by `apps.merge_reports`): `report_summary` shows its attacks, its worst case
+per eps, and where the model and each evaluation run came from.
 """
 
 import os
@@ -144,20 +148,26 @@ def _untested_sentence(rows, selection):
 
 
 def summary(payload):
-    """The short table of a comparison, as Markdown lines.
+    """The short table of a comparison, or of one evaluation, as Markdown lines.
 
     Args:
         payload: The comparison, as `apps.reproduce` writes it to
-            `<dataset>.json`.
+            `<dataset>.json`, or a report of `apps.evaluate` (one run or
+            shards merged by `apps.merge_reports`): see `report_summary`.
 
     Returns:
         The lines, without the markers.
 
     Raises:
-        ValueError: Not a comparison, or no variant was attacked on the test set.
+        ValueError: Neither, or no variant was attacked on the test set.
     """
+    if isinstance(payload, dict) and "worst_case_accuracy_by_eps" in payload:
+        return report_summary(payload)
     if not isinstance(payload, dict) or "rows" not in payload:
-        raise ValueError("Not a comparison written by apps.reproduce: it has no rows.")
+        raise ValueError(
+            "Not a comparison written by apps.reproduce (it has no rows) nor a report of "
+            "apps.evaluate."
+        )
     rows = payload["rows"]
     tested = [r for r in rows if r["tested"]]
     if not tested:
@@ -169,6 +179,72 @@ def summary(payload):
     lines = _header(payload, tested, headlines=headlines, holdout=holdout)
     lines += [_row(r, selected, headlines=headlines, holdout=holdout) for r in tested]
     return lines + _untested_sentence(rows, selection)
+
+
+def report_summary(report):
+    """One evaluation's table: robust accuracy per attack at the report's eps.
+
+    A cascade (`worst_case_only`) shows what is robust after each attack,
+    every attack on the images the ones before it left; otherwise each
+    attack's own accuracy. Then the worst case at each eps, and a paragraph
+    naming the model file, its training run and, per shard, the evaluation's
+    command, commit and machine where the report records them.
+    """
+    eps = report["eps"]
+    key = _eps_key(report, eps)
+    how = "robust after (%)" if report.get("worst_case_only") else "robust (%)"
+    head = (
+        f"eps = {eps:g}, `{report.get('split', '?')}`: {report['num_examples']:,} images, "
+        f"clean {report['clean_accuracy']:.2f}%"
+    )
+    lines = [_line([head, how]), "|---|---|"]
+    for name, entry in report["attacks"].items():
+        result = entry["results"].get(key)
+        if result is not None:
+            lines.append(_line([f"`{name}`", f"{result['robust_accuracy']:.2f}"]))
+    lines.append(_line(["**worst case**", f"**{report['worst_case_accuracy']:.2f}**"]))
+    for other, value in report["worst_case_accuracy_by_eps"].items():
+        if other != key:
+            lines.append(_line([f"worst case at eps = {float(other):g}", f"{value:.2f}"]))
+    return lines + ["", _provenance(report)]
+
+
+def _eps_key(report, eps):
+    """The key of `eps` in the report's per-eps results ("0.3")."""
+    for key in report["worst_case_accuracy_by_eps"]:
+        if abs(float(key) - eps) < 1e-9:
+            return key
+    raise ValueError(f"The report has no results at its eps {eps}.")
+
+
+def _provenance(report):
+    config = report.get("training_config") or {}
+    trained = config.get("environment") or {}
+    sha = report.get("model_sha256") or "?"
+    parts = [
+        f"Model `{report.get('model')}` (sha256 `{sha[:12]}`), trained with `--method="
+        f"{config.get('method', '?')}` seed {config.get('seed', '?')} at "
+        f"{str(trained.get('git_commit', '?'))[:7]} on {trained.get('machine', '?')}.",
+        f"Attacks: seed {report.get('seed')}, {report.get('mixed_precision')}, "
+        f"settings {_settings(report.get('settings') or {})}"
+        + (f"; skipped: {', '.join(sorted(report['skipped']))}." if report.get("skipped") else "."),
+    ]
+    runs = report.get("shards") or [report]
+    for run in runs:
+        evaluated = run.get("evaluated")
+        where = (
+            f"`{evaluated['command']}` at {str(evaluated['git_commit'])[:7]} on "
+            f"{evaluated['machine']}, {evaluated['date']}"
+            if evaluated
+            else "not recorded in its report"
+        )
+        label = f"`{run['split']}`" if "shards" in report else "The run"
+        parts.append(f"{label}: {where}.")
+    return " ".join(parts)
+
+
+def _settings(settings):
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if k != "seed")
 
 
 def blocks(page):

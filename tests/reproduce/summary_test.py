@@ -106,8 +106,81 @@ class SummaryTest(absltest.TestCase):
     def test_rejects_a_payload_without_tested_rows(self):
         with self.assertRaisesRegex(ValueError, "No variant was attacked"):
             summary.summary(make_payload([make_row("a", tested=False)]))
-        with self.assertRaisesRegex(ValueError, "Not a comparison"):
+        with self.assertRaisesRegex(ValueError, "Not a comparison.*nor a report"):
             summary.summary({"attacks": {}})
+
+    def test_an_evaluation_report_is_a_table_of_its_attacks(self):
+        def result(robust):
+            return {"robust_accuracy": robust, "seconds": 1.0, "attacked_examples": 10}
+
+        evaluated = {
+            "command": "python -m apps.evaluate --split=test[0:10]",
+            "date": "2026-12-07 18:00 UTC",
+            "git_commit": "0123456789abcdef",
+            "machine": "x86_64, 2 cpus, CPU X",
+        }
+        report = {
+            "model": "runs/m",
+            "model_sha256": "ab" * 32,
+            "num_examples": 2000,
+            "eps": 0.3,
+            "clean_accuracy": 99.5,
+            "worst_case_only": True,
+            "attacks": {
+                "fgsm": {"settings": {}, "results": {"0.3": result(96.0), "0.5": result(9.0)}},
+                "square": {"settings": {}, "results": {"0.3": result(91.25), "0.5": result(0.0)}},
+            },
+            "worst_case_accuracy_by_eps": {"0.3": 91.25, "0.5": 0.0},
+            "worst_case_accuracy": 91.25,
+            "skipped": {"transfer": "no source model"},
+            "split": "test[0:2000]",
+            "seed": 0,
+            "mixed_precision": "float32",
+            "settings": {"pgd_steps": 100, "seed": 0},
+            "training_config": {
+                "method": "sq_free",
+                "seed": 0,
+                "environment": {"git_commit": "fedcba9876543210", "machine": "CPU Y"},
+            },
+            "shards": [
+                {"split": "test[0:1000]", "evaluated": None},
+                {"split": "test[1000:2000]", "evaluated": evaluated},
+            ],
+        }
+        lines = summary.summary(report)
+        self.assertEqual(
+            lines[:6],
+            [
+                "| eps = 0.3, `test[0:2000]`: 2,000 images, clean 99.50% | robust after (%) |",
+                "|---|---|",
+                "| `fgsm` | 96.00 |",
+                "| `square` | 91.25 |",
+                "| **worst case** | **91.25** |",
+                "| worst case at eps = 0.5 | 0.00 |",
+            ],
+        )
+        text = lines[-1]
+        for part in (
+            "`runs/m` (sha256 `abababababab`)",
+            "`--method=sq_free` seed 0 at fedcba9 on CPU Y.",
+            "skipped: transfer",
+            "`test[0:1000]`: not recorded in its report.",
+            "`test[1000:2000]`: `python -m apps.evaluate --split=test[0:10]` at 0123456 on "
+            "x86_64, 2 cpus, CPU X, 2026-12-07 18:00 UTC.",
+        ):
+            self.assertIn(part, text)
+        # Not a cascade: each attack's own accuracy.
+        own = summary.summary({**report, "worst_case_only": False})
+        self.assertTrue(own[0].endswith("| robust (%) |"))
+
+    def test_the_committed_shard_report_shows_every_attack(self):
+        path = "results/autoattack/readme_shards/mnist_sq_free_strong_test_0_1000.json"
+        report = jsonio.read_json(os.path.join(ROOT, path))
+        lines = summary.summary(report)
+        for name, entry in report["attacks"].items():
+            robust = entry["results"]["0.3"]["robust_accuracy"]
+            self.assertIn(f"| `{name}` | {robust:.2f} |", lines)
+        self.assertIn(f"| **worst case** | **{report['worst_case_accuracy']:.2f}** |", lines)
 
     def test_replace_blocks_rewrites_only_the_block(self):
         directory = self.create_tempdir().full_path
