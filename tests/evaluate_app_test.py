@@ -184,7 +184,11 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertNotIn("batch 1/", again.stdout)
         with open(output) as f:
             rerun = json.load(f)
+        # The same report, but for the record of the run that wrote it (its date).
+        first_run, second_run = report.pop("evaluated"), rerun.pop("evaluated")
         self.assertEqual(rerun, report)
+        self.assertEqual(second_run["command"], first_run["command"])
+        self.assertEqual(second_run["git_commit"], first_run["git_commit"])
 
     @parameterized.named_parameters(
         (

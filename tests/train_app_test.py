@@ -90,12 +90,11 @@ class TrainAppTest(parameterized.TestCase):
     )
     def test_bad_flags_fail_with_a_clear_message(self, flags, pattern):
         tmp = self.create_tempdir().full_path
-        start = time.perf_counter()
         proc = run_train(f"--model_dir={tmp}/run", *flags, timeout=120)
         self.assertNotEqual(proc.returncode, 0)
         self.assertRegex(proc.stdout + proc.stderr, pattern)
         self.assertNotIn("Traceback", proc.stderr)
-        self.assertLess(time.perf_counter() - start, 30)  # TF start-up included
+        self.assertNotIn("Epoch 1", proc.stdout)  # refused before any training
 
     def test_corrupt_data_file_fails_fast(self):
         tmp = self.create_tempdir().full_path
@@ -254,12 +253,11 @@ class TrainAppTest(parameterized.TestCase):
 
     def test_missing_data_files_fail_fast(self):
         tmp = self.create_tempdir().full_path
-        start = time.perf_counter()
         proc = run_train(f"--model_dir={tmp}/run", f"--data_dir={tmp}", timeout=120)
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("train-images-idx3-ubyte.gz", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
-        self.assertLess(time.perf_counter() - start, 30)  # includes TF start-up
+        self.assertNotIn("Epoch 1", proc.stdout)
 
 
 if __name__ == "__main__":
