@@ -128,6 +128,11 @@ def agreement(reference, ours):
             int(i) for i in np.flatnonzero(reference["clean_correct"] != ours["clean_correct"])
         ],
         "worst_case_of_both": round(100.0 * np.mean(ref & own), 4),
+        # Every robust image, so that other evaluations of the same images can be compared.
+        "robust_examples": {
+            "reference": [int(i) for i in np.flatnonzero(ref)],
+            "ours": [int(i) for i in np.flatnonzero(own)],
+        },
     }
 
 
@@ -272,11 +277,17 @@ def _merge_side(pieces):
 def _merge_agreement(pieces, total):
     lists = ("robust_under_reference_only", "robust_under_ours_only", "clean_disagreements")
     both = sum(a["robust_under_both"] for _, _, a in pieces)
-    return {
+    merged = {
         "robust_under_both": both,
         **{key: [i + offset for offset, _, a in pieces for i in a[key]] for key in lists},
         "worst_case_of_both": round(100.0 * both / total, 4),
     }
+    if all("robust_examples" in a for _, _, a in pieces):  # parts from before it was kept lack it
+        merged["robust_examples"] = {
+            side: [i + offset for offset, _, a in pieces for i in a["robust_examples"][side]]
+            for side in IMPLEMENTATIONS
+        }
+    return merged
 
 
 def _part_record(name, payload):

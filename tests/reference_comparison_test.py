@@ -86,6 +86,14 @@ class MergeTest(absltest.TestCase):
         # The comparison has disagreements for the merge to move: a test that could fail.
         disagreements = self.whole["agreement"]["robust_under_ours_only"]
         self.assertTrue(any(i >= 40 for i in disagreements))
+        robust = merged["agreement"]["robust_examples"]
+        self.assertLen(robust["reference"], round(merged["reference"]["worst_case_accuracy"] * 0.9))
+        # A part written before every robust image was kept: the merge leaves the lists out.
+        old = {**self.parts["a.json"], "agreement": dict(self.parts["a.json"]["agreement"])}
+        del old["agreement"]["robust_examples"]
+        merged = rc.merge_payloads({**self.parts, "a.json": old})
+        self.assertNotIn("robust_examples", merged["agreement"])
+        self.assertEqual(merged["reference"], self.whole["reference"])
 
     def test_part_order_does_not_matter_and_a_partial_part_counts_what_it_did(self):
         partial = _run(self.outcomes, 40, 70, 10, "test[1040:1090]")  # interrupted at 30 of 50
