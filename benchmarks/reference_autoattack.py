@@ -444,12 +444,12 @@ def environment(threads):
     }
 
 
-def record(reference, ours, *, done, num_examples, port_check, plan, eps):
+def record(reference, ours, *, done, num_examples, port_check, plan, eps, commit):
     """The JSON payload of the chunks done so far."""
     ref, own = summary(reference), summary(ours)
     return {
         "command": " ".join(["python", "benchmarks/reference_autoattack.py", *sys.argv[1:]]),
-        "commit": provenance.git_commit(),
+        "commit": commit,  # read at the start: the checkout may move on during a long run
         "model": _MODEL.value,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "complete": done == num_examples,
@@ -558,6 +558,7 @@ def main(argv):
     target, module, images, labels, port_check = prepare(**options)
     plan = autoattack_plan(target, _SEED.value)
     env = environment(_THREADS.value)
+    commit = provenance.git_commit()
 
     def write(reference, ours, done):
         payload = record(
@@ -568,6 +569,7 @@ def main(argv):
             port_check=port_check,
             plan=plan,
             eps=_EPS.value,
+            commit=commit,
         )
         jsonio.write_json(output, {**payload, "environment": env})
         return payload
