@@ -109,6 +109,46 @@ class MergeReportsAppTest(absltest.TestCase):
         self.assertIn(f"{directory}/single.json (test[0:60]) overlap", result.stderr)
         self.assertFalse(os.path.exists(output))
 
+    def test_combine_gives_the_worst_case_per_image_over_the_common_images(self):
+        directory = work_dir()
+        output = os.path.join(self.create_tempdir().full_path, "combined.json")
+        result = testing_utils.run_app(
+            "apps.merge_reports",
+            "--combine",
+            f"--reports={directory}/single.json,{directory}/shard1.json",
+            f"--output={output}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        combined = _read(output)
+        single, shard1 = _read(f"{directory}/single.json"), _read(f"{directory}/shard1.json")
+        self.assertEqual(combined["split"], "test[30:60]")
+        self.assertEqual(combined["model_sha256"], single["model_sha256"])
+        # The same attack on the same images: the robust images of shard1.
+        self.assertEqual(combined["robust_examples"], shard1["robust_examples"])
+        self.assertEqual(combined["worst_case_accuracy"], shard1["worst_case_accuracy"])
+        self.assertEqual(combined["clean_accuracy"], shard1["clean_accuracy"])
+        self.assertEqual([e["breaks_alone"] for e in combined["evaluations"]], [[], []])
+        self.assertEqual(combined["evaluations"][1]["evaluated"], shard1["evaluated"])
+        self.assertIn("Per image over 2 reports, test[30:60] (30 examples)", result.stdout)
+
+    def test_combine_refuses_reports_of_other_models(self):
+        directory = work_dir()
+        other = os.path.join(self.create_tempdir().full_path, "other.json")
+        report = _read(f"{directory}/shard0.json")
+        report["model_sha256"] = "0" * 64
+        with open(other, "w") as f:
+            json.dump(report, f)
+        output = os.path.join(self.create_tempdir().full_path, "combined.json")
+        result = testing_utils.run_app(
+            "apps.merge_reports",
+            "--combine",
+            f"--reports={directory}/shard0.json,{other}",
+            f"--output={output}",
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("do not evaluate the same model on the same images", result.stderr)
+        self.assertFalse(os.path.exists(output))
+
 
 if __name__ == "__main__":
     absltest.main()

@@ -32,8 +32,9 @@ The package reads as the pipeline: `target` (loading models and examples),
 sets and skip reasons derive from it), `attack_runner` (one attack at one eps
 over batches), `batch_store` (finished batches on disk), `suite`
 (`evaluate`), `report` (the typed `Report`), `checks` (the masking checks),
-`writers` (JSON, table, figures, TensorBoard) and `merge` (the reports of
-shards of one long evaluation as one report).
+`writers` (JSON, table, figures, TensorBoard), `merge` (the reports of
+shards of one long evaluation as one report) and `combine` (the worst case
+per image over separate evaluations of the same images).
 
 Accuracies in the report are percentages of the evaluated examples. An example
 counts as robust to an attack only if it is classified correctly both clean
@@ -76,6 +77,9 @@ from sq_keras.evaluation.batch_store import model_run
 from sq_keras.evaluation.checks import SLACK
 from sq_keras.evaluation.checks import failed_checks
 from sq_keras.evaluation.checks import masking_checks
+from sq_keras.evaluation.combine import combine_report_files
+from sq_keras.evaluation.combine import combine_reports
+from sq_keras.evaluation.combine import write_combined
 from sq_keras.evaluation.merge import MergeError
 from sq_keras.evaluation.merge import merge_report_files
 from sq_keras.evaluation.merge import merge_reports
@@ -137,6 +141,8 @@ __all__ = [
     "attack_settings",
     "batches_dir",
     "bpda_name",
+    "combine_report_files",
+    "combine_reports",
     "file_digest",
     "file_safe",
     "model_run",
@@ -157,6 +163,7 @@ __all__ = [
     "run_attack",
     "sweep_eps",
     "to_policy",
+    "write_combined",
     "write_report",
     "write_tensorboard",
     "zero_gradient_shares",

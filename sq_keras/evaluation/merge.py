@@ -37,7 +37,6 @@ from sq_keras.evaluation.checks import masking_checks
 from sq_keras.evaluation.registry import REGISTRY
 from sq_keras.evaluation.report import Report
 from sq_keras.evaluation.report import percent
-from sq_keras.evaluation.suite import NUM_ROBUST_EXAMPLES
 
 _RERUN = "evaluate every shard with the same apps.evaluate flags but --split"
 
@@ -256,15 +255,11 @@ def _merged_attacks(shards):
 
 
 def _robust_examples(shards):
-    """The first robust indices of the merged range.
-
-    Exact although each shard lists only its first `NUM_ROBUST_EXAMPLES`: a
-    shard whose list was cut holds that many itself, so the merged list is
-    full before any index it left out.
-    """
+    """The robust indices of the merged range (complete when each shard's
+    list is; a shard written before the lists were kept whole lists its
+    first 1000 only)."""
     start = shards[0].start
-    indices = [i + s.start - start for s in shards for i in s.report.robust_examples]
-    return indices[:NUM_ROBUST_EXAMPLES]
+    return [i + s.start - start for s in shards for i in s.report.robust_examples]
 
 
 def _weighted(shards, field):

@@ -45,7 +45,8 @@ class Report:
         worst_case_accuracy_by_eps: `{eps_key: accuracy}` of the examples
             every attack failed on.
         worst_case_accuracy: The worst case at the primary eps.
-        robust_examples: Indices of the first 1000 such examples at `eps`.
+        robust_examples: Indices of every such example at `eps` (reports
+            written before 2026-12-07 list the first 1000 only).
         zero_gradient_examples_percent: Examples with an all-zero gradient.
         zero_gradient_entries_percent: Input entries with a zero gradient.
         checks: The masking checks, `{name: {"passed", "message", ...}}`.

@@ -36,7 +36,6 @@ from sq_keras.evaluation.report import eps_key
 from sq_keras.evaluation.report import percent
 
 LARGE_EPS = 0.5
-NUM_ROBUST_EXAMPLES = 1000  # Indices of robust examples kept in the report.
 DEFAULT_SETTINGS = AttackSettings()
 
 
@@ -139,9 +138,8 @@ class AttackResults:
         return {eps_key(eps): _percent(robust) for eps, robust in self.robust.items()}
 
     def robust_examples(self):
-        """Indices of the first examples robust at the primary eps."""
-        indices = np.flatnonzero(self.robust[self.primary])
-        return [int(i) for i in indices][:NUM_ROBUST_EXAMPLES]
+        """Indices of every example robust at the primary eps."""
+        return [int(i) for i in np.flatnonzero(self.robust[self.primary])]
 
 
 @dataclasses.dataclass(frozen=True)
