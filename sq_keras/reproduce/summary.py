@@ -23,7 +23,10 @@ held-out images only follow in one sentence.
 
 A block may also name a report of `apps.evaluate` (one run, or shards merged
 by `apps.merge_reports`): `report_summary` shows its attacks, its worst case
-per eps, and where the model and each evaluation run came from.
+per eps, and where the model and each evaluation run came from. Or the
+per-image worst case over several evaluations (`apps.merge_reports
+--combine`): `combined_summary` shows each evaluation's worst case on the
+common images, the images only it broke, and the worst case over all.
 """
 
 import os
@@ -153,7 +156,8 @@ def summary(payload):
     Args:
         payload: The comparison, as `apps.reproduce` writes it to
             `<dataset>.json`, or a report of `apps.evaluate` (one run or
-            shards merged by `apps.merge_reports`): see `report_summary`.
+            shards merged by `apps.merge_reports`): see `report_summary`; or
+            their per-image combination: see `combined_summary`.
 
     Returns:
         The lines, without the markers.
@@ -163,6 +167,8 @@ def summary(payload):
     """
     if isinstance(payload, dict) and "worst_case_accuracy_by_eps" in payload:
         return report_summary(payload)
+    if isinstance(payload, dict) and "evaluations" in payload:
+        return combined_summary(payload)
     if not isinstance(payload, dict) or "rows" not in payload:
         raise ValueError(
             "Not a comparison written by apps.reproduce (it has no rows) nor a report of "
@@ -207,6 +213,52 @@ def report_summary(report):
         if other != key:
             lines.append(_line([f"worst case at eps = {float(other):g}", f"{value:.2f}"]))
     return lines + ["", _provenance(report)]
+
+
+def combined_summary(combined):
+    """The per-image worst case over evaluations of the same images.
+
+    One row per evaluation (its report, how many attacks, its worst case on
+    the common images, the images it alone broke), then the worst case over
+    all of them, and the model file and each evaluation's runs.
+    """
+    clean = combined.get("clean_accuracy")
+    head = (
+        f"eps = {combined['eps']:g}, `{combined['split']}`: {combined['num_examples']:,} images"
+        + (f", clean {clean:.2f}%" if clean is not None else "")
+    )
+    lines = [_line([head, "attacks", "worst case (%)", "broken by it alone"]), "|---|---|---|---|"]
+    for entry in combined["evaluations"]:
+        attacks = entry["attacks"]
+        named = ", ".join(f"`{a}`" for a in attacks) if len(attacks) <= 3 else f"{len(attacks)}"
+        lines.append(
+            _line(
+                [
+                    f"`{entry['report']}`",
+                    named,
+                    f"{entry['worst_case_accuracy']:.2f}",
+                    str(len(entry["breaks_alone"])),
+                ]
+            )
+        )
+    lines.append(
+        _line(["**per image, over all**", "", f"**{combined['worst_case_accuracy']:.2f}**", ""])
+    )
+    runs = []
+    for entry in combined["evaluations"]:
+        recorded = entry.get("evaluated")
+        recorded = recorded if isinstance(recorded, list) else [recorded]
+        known = [r for r in recorded if r]
+        where = "; ".join(
+            f"`{r['command']}` at {str(r['git_commit'])[:7]} on {r['machine']}, {r['date']}"
+            for r in known
+        )
+        missing = len(recorded) - len(known)
+        if missing:
+            where += ("; " if where else "") + f"{missing} run(s) not recorded in their reports"
+        runs.append(f"`{entry['report']}` ({entry['split']}): {where}.")
+    model = f"Model sha256 `{combined['model_sha256'][:12]}`, {combined.get('dataset')}."
+    return lines + ["", " ".join([model, *runs])]
 
 
 def _eps_key(report, eps):

@@ -173,6 +173,61 @@ class SummaryTest(absltest.TestCase):
         own = summary.summary({**report, "worst_case_only": False})
         self.assertTrue(own[0].endswith("| robust (%) |"))
 
+    def test_a_combination_shows_each_evaluation_and_the_worst_case_over_all(self):
+        evaluated = {
+            "command": "python -m apps.evaluate --attacks=transfer",
+            "date": "2026-12-07 22:00 UTC",
+            "git_commit": "0123456789abcdef",
+            "machine": "CPU X",
+        }
+        combined = {
+            "model_sha256": "ab" * 32,
+            "dataset": "mnist",
+            "split": "test[0:2000]",
+            "eps": 0.3,
+            "num_examples": 2000,
+            "clean_accuracy": 99.0,
+            "worst_case_accuracy": 90.05,
+            "robust_examples": [],
+            "evaluations": [
+                {
+                    "report": "strong.json",
+                    "split": "test[0:2000]",
+                    "attacks": ["fgsm", "pgd", "square", "bpda_identity"],
+                    "worst_case_accuracy": 90.1,
+                    "breaks_alone": [3, 7, 9],
+                    "evaluated": [None, evaluated],
+                },
+                {
+                    "report": "transfer.json",
+                    "split": "test[0:10000]",
+                    "attacks": ["transfer"],
+                    "worst_case_accuracy": 97.0,
+                    "breaks_alone": [11],
+                    "evaluated": evaluated,
+                },
+            ],
+        }
+        lines = summary.summary(combined)
+        self.assertEqual(
+            lines[:5],
+            [
+                "| eps = 0.3, `test[0:2000]`: 2,000 images, clean 99.00% | attacks "
+                "| worst case (%) | broken by it alone |",
+                "|---|---|---|---|",
+                "| `strong.json` | 4 | 90.10 | 3 |",
+                "| `transfer.json` | `transfer` | 97.00 | 1 |",
+                "| **per image, over all** |  | **90.05** |  |",
+            ],
+        )
+        text = lines[-1]
+        self.assertIn("sha256 `abababababab`", text)
+        self.assertIn("`strong.json` (test[0:2000]): `python -m apps.evaluate", text)
+        self.assertIn("1 run(s) not recorded in their reports.", text)
+        self.assertIn("`transfer.json` (test[0:10000]): `python -m apps.evaluate", text)
+        # Without a report over exactly the range, no clean accuracy is shown.
+        self.assertNotIn("clean", summary.summary({**combined, "clean_accuracy": None})[0])
+
     def test_the_committed_shard_report_shows_every_attack(self):
         path = "results/autoattack/readme_shards/mnist_sq_free_strong_test_0_1000.json"
         report = jsonio.read_json(os.path.join(ROOT, path))
