@@ -96,7 +96,7 @@ def _combine(paths):
     for entry in combined["evaluations"]:
         print(
             f"{entry['report']}: worst case {entry['worst_case_accuracy']:.2f}% "
-            f"({len(entry['attacks'])} attacks), broke {len(entry['breaks_alone'])} "
+            f"({len(entry['attacks'])} attack{'s' if len(entry['attacks']) != 1 else ''}), broke {len(entry['breaks_alone'])} "
             "image(s) no other report broke"
         )
     print(
