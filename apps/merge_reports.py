@@ -94,10 +94,11 @@ def _combine(paths):
         raise SystemExit(f"Error: {e}") from None
     evaluation.write_combined(combined, _OUTPUT.value)
     for entry in combined["evaluations"]:
+        attacks = len(entry["attacks"])
         print(
             f"{entry['report']}: worst case {entry['worst_case_accuracy']:.2f}% "
-            f"({len(entry['attacks'])} attack{'s' if len(entry['attacks']) != 1 else ''}), broke {len(entry['breaks_alone'])} "
-            "image(s) no other report broke"
+            f"({attacks} attack{'' if attacks == 1 else 's'}), broke "
+            f"{len(entry['breaks_alone'])} image(s) no other report broke"
         )
     print(
         f"Per image over {len(paths)} reports, {combined['split']} "

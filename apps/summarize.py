@@ -11,9 +11,10 @@ and ends with `<!-- end of generated table -->` is replaced by the short
 table of that comparison (`sq_keras.reproduce.summary`), or, for a report of
 `apps.evaluate` or `apps.merge_reports`, by the table of its attacks, and
 for a per-image combination (`apps.merge_reports --combine`) by each
-evaluation's worst case and the worst case over all; the JSON path is relative to the page's directory. Run it after `apps.reproduce`
-has written a new comparison or a report has changed; the README's test
-checks that the blocks are current.
+evaluation's worst case and the worst case over all; the JSON path is
+relative to the page's directory. Run it after `apps.reproduce` has written
+a new comparison or a report has changed; the README's test checks that the
+blocks are current.
 """
 
 import os
