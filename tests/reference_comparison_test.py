@@ -103,7 +103,9 @@ class MergeTest(absltest.TestCase):
         merged = rc.merge_payloads(parts)
         self.assertEqual(merged["reference"], self.whole["reference"])
         self.assertEqual(merged["agreement"], self.whole["agreement"])
-        self.assertFalse(merged["complete"])
+        self.assertTrue(merged["complete"])  # The rest covers what the partial part left.
+        last = {**rest, "complete": False}  # The last part stopped short: so did the whole.
+        self.assertFalse(rc.merge_payloads({**parts, "c.json": last})["complete"])
 
     def test_refuses_parts_that_are_not_one_comparison(self):
         a, b = self.parts["a.json"], self.parts["b.json"]
