@@ -261,12 +261,22 @@ def _store(output, run):
     )
 
 
-def _metadata(dataset, policy, target, run):
+def _run_record():
+    """This run's command, start date, git commit and machine, taken when it
+    starts: a checkout that moves on during a long run does not change it."""
+    return {
+        "command": " ".join(["python -m apps.evaluate", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        **provenance.environment(),
+    }
+
+
+def _metadata(dataset, policy, target, run, evaluated):
     """The app's top-level keys of the JSON report.
 
     The model files' sha256 identify the model wherever the report is read,
     e.g. when `apps.merge_reports` merges shards evaluated on other machines;
-    `evaluated` records this run's command, date, commit and machine.
+    `evaluated` records this run (`_run_record`) and when it finished.
     """
     return {
         "dataset": dataset,
@@ -279,11 +289,7 @@ def _metadata(dataset, policy, target, run):
         "source_model_sha256": run["source_model_sha256"],
         "training_config": target.config,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        "evaluated": {
-            "command": " ".join(["python -m apps.evaluate", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            **provenance.environment(),
-        },
+        "evaluated": {**evaluated, "finished": time.strftime("%Y-%m-%d %H:%M %Z")},
     }
 
 
@@ -308,6 +314,7 @@ def _evaluate(eps_values, policy):
     Returns:
         `(report, the JSON as written)`.
     """
+    evaluated = _run_record()
     strategy = distribute.make_strategy(_STRATEGY.value)
     target, source = _load_models(strategy, policy)
     dataset = _DATASET.value or target.config.get("dataset") or "mnist"
@@ -335,7 +342,7 @@ def _evaluate(eps_values, policy):
         worst_case_only=plan.worst_case_only,
         store=_store(output, run),
     )
-    report.metadata.update(_metadata(dataset, policy, target, run))
+    report.metadata.update(_metadata(dataset, policy, target, run, evaluated))
     written = evaluation.write_report(
         report, output, class_names=list(info.class_names), logdir=_LOGDIR.value
     )

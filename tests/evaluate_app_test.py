@@ -189,6 +189,8 @@ class EvaluateAppTest(parameterized.TestCase):
         self.assertEqual(rerun, report)
         self.assertEqual(second_run["command"], first_run["command"])
         self.assertEqual(second_run["git_commit"], first_run["git_commit"])
+        for record in (first_run, second_run):  # Started, then finished.
+            self.assertLessEqual(record["date"], record["finished"])
 
     @parameterized.named_parameters(
         (
