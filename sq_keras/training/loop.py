@@ -469,15 +469,23 @@ def _finish(run, first_epoch, log):
 
 
 def _has_the_export_asked_for(results, config):
-    """Whether a finished run's `results` name the export `config` asks for, if any.
+    """Whether a finished run's `results` name the export `config` asks for, if any:
+    a version under `export_dir` in the asked policy that is still on disk (a
+    deleted export, or another `export_dir`, is exported again).
 
     Results recorded before `export_policy` existed exported the run's
     `mixed_precision` policy.
     """
     if not config.export_dir:
         return True
+    path = results.get("export_path")
     exported = results.get("export_policy") or config.mixed_precision
-    return bool(results.get("export_path")) and exported == config.exported_policy
+    return (
+        bool(path)
+        and os.path.isdir(path)
+        and os.path.abspath(os.path.dirname(path)) == os.path.abspath(config.export_dir)
+        and exported == config.exported_policy
+    )
 
 
 def _already_finished_message(model_dir, results):

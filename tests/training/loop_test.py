@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 from unittest import mock
 
 import keras
@@ -168,6 +169,30 @@ class TrainTest(parameterized.TestCase):
         model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
         expected = model.predict(raw.astype(np.float32) / 255.0, verbose=0)
         np.testing.assert_allclose(out["logits"], expected, rtol=1e-3, atol=1e-3)
+
+    def test_finished_run_exports_again_where_its_export_is_missing(self):
+        model_dir = self.create_tempdir().full_path
+        export_dir = os.path.join(model_dir, "export")
+        first = training.train(
+            _config(model_dir, method="natural", epochs=1, export_dir=export_dir)
+        )
+        model_bytes = _file_bytes(model_dir, "model.keras")
+        shutil.rmtree(first["export_path"])  # Deleted by hand.
+        again = training.train(
+            _config(model_dir, method="natural", epochs=1, export_dir=export_dir)
+        )
+        self.assertEqual(again["export_path"], os.path.join(export_dir, "1"))
+        self.assertTrue(os.path.isdir(again["export_path"]))
+        # Asked for another export_dir, it exports there too; nothing is trained or saved.
+        other = os.path.join(model_dir, "other_export")
+        lines = []
+        moved = training.train(
+            _config(model_dir, method="natural", epochs=1, export_dir=other), log=lines.append
+        )
+        self.assertEqual(moved["export_path"], os.path.join(other, "1"))
+        self.assertTrue(os.path.isdir(moved["export_path"]))
+        self.assertFalse(any("Epoch " in line for line in lines))
+        self.assertEqual(_file_bytes(model_dir, "model.keras"), model_bytes)
 
     def test_longer_run_killed_before_saving_its_model_is_finished_on_rerun(self):
         model_dir = self.create_tempdir().full_path
