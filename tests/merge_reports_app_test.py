@@ -109,15 +109,20 @@ class MergeReportsAppTest(absltest.TestCase):
         self.assertIn(f"{directory}/single.json (test[0:60]) overlap", result.stderr)
         self.assertFalse(os.path.exists(output))
 
-    def test_combine_gives_the_worst_case_per_image_over_the_common_images(self):
-        directory = work_dir()
+    def combine(self, *reports):
+        """`(result, output path)` of apps.merge_reports --combine of `reports`."""
         output = os.path.join(self.create_tempdir().full_path, "combined.json")
         result = testing_utils.run_app(
             "apps.merge_reports",
             "--combine",
-            f"--reports={directory}/single.json,{directory}/shard1.json",
+            f"--reports={','.join(reports)}",
             f"--output={output}",
         )
+        return result, output
+
+    def test_combine_gives_the_worst_case_per_image_over_the_common_images(self):
+        directory = work_dir()
+        result, output = self.combine(f"{directory}/single.json", f"{directory}/shard1.json")
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         combined = _read(output)
         single, shard1 = _read(f"{directory}/single.json"), _read(f"{directory}/shard1.json")
@@ -138,13 +143,7 @@ class MergeReportsAppTest(absltest.TestCase):
         report["model_sha256"] = "0" * 64
         with open(other, "w") as f:
             json.dump(report, f)
-        output = os.path.join(self.create_tempdir().full_path, "combined.json")
-        result = testing_utils.run_app(
-            "apps.merge_reports",
-            "--combine",
-            f"--reports={directory}/shard0.json,{other}",
-            f"--output={output}",
-        )
+        result, output = self.combine(f"{directory}/shard0.json", other)
         self.assertEqual(result.returncode, 1)
         self.assertIn("do not evaluate the same model on the same images", result.stderr)
         self.assertFalse(os.path.exists(output))
