@@ -6,9 +6,7 @@ import functools
 from absl.testing import absltest
 
 from sq_keras import evaluation
-from tests.evaluation.fixtures import examples
-from tests.evaluation.fixtures import target_of
-from tests.evaluation.fixtures import trained_model
+from tests.evaluation.fixtures import range_report
 
 SETTINGS = evaluation.AttackSettings(pgd_steps=5, restarts=1, seed=3)
 NUM_EXAMPLES = 80
@@ -19,23 +17,17 @@ MODEL_SHA256 = "7" * 64
 @functools.lru_cache(maxsize=None)
 def _report_json(attacks, start=0, stop=NUM_EXAMPLES, eps=0.15):
     """One evaluation of the "soft" model over test[start:stop], as JSON."""
-    images, labels = examples(NUM_EXAMPLES)
-    report = evaluation.evaluate(
-        target_of(trained_model("soft")),
-        images[start:stop],
-        labels[start:stop],
-        attacks=evaluation.resolve_attacks(list(attacks)),
-        eps_values=[eps],
+    return range_report(
+        start,
+        stop,
+        attacks,
         settings=SETTINGS,
-        num_classes=10,
+        model_sha256=MODEL_SHA256,
+        num_examples=NUM_EXAMPLES,
         batch_size=BATCH_SIZE,
-        progress=False,
+        eps=eps,
         add_large_eps=False,
-    )
-    report.metadata.update(
-        dataset="mnist", split=f"test[{start}:{stop}]", model_sha256=MODEL_SHA256
-    )
-    return report.to_json()
+    ).to_json()
 
 
 def report(attacks, start=0, stop=NUM_EXAMPLES, eps=0.15):

@@ -101,6 +101,35 @@ def report_of(kind, attacks=("strong",)):
     )
 
 
+def range_report(
+    start, stop, attacks, *, settings, model_sha256, num_examples, batch_size, eps=0.3, **options
+):
+    """The "soft" model's report over test[start:stop] of the first `num_examples`
+    test images, with the metadata apps.evaluate records (for merges and
+    combinations). `options` go to `evaluation.evaluate`."""
+    images, labels = examples(num_examples)
+    report = evaluation.evaluate(
+        target_of(trained_model("soft")),
+        images[start:stop],
+        labels[start:stop],
+        attacks=evaluation.resolve_attacks(list(attacks)),
+        eps_values=[eps],
+        settings=settings,
+        num_classes=10,
+        batch_size=batch_size,
+        progress=False,
+        **options,
+    )
+    report.metadata.update(
+        dataset="mnist",
+        split=f"test[{start}:{stop}]",
+        seed=settings.seed,
+        mixed_precision="float32",
+        model_sha256=model_sha256,
+    )
+    return report
+
+
 def fake_report(accuracies, *, eps_values=(0.3, 0.5), worst=None, zero=0.0, quantizer=False):
     """A minimal `Report` for the checks: {attack: {eps: accuracy}}."""
     attacks_run = {}

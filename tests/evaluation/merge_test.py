@@ -6,9 +6,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from sq_keras import evaluation
-from tests.evaluation.fixtures import examples
-from tests.evaluation.fixtures import target_of
-from tests.evaluation.fixtures import trained_model
+from tests.evaluation.fixtures import range_report
 
 SETTINGS = evaluation.AttackSettings(pgd_steps=5, restarts=1, seed=3)
 # Plain FGSM and PGD, and PGD through BPDA: the "soft" model has a quantizer.
@@ -25,27 +23,16 @@ MODEL_SHA256 = "5" * 64
 
 def _evaluate(start, stop, attacks=ATTACKS, worst_case_only=False):
     """The report of one run over test[start:stop], with what apps.evaluate records."""
-    images, labels = examples(NUM_EXAMPLES)
-    report = evaluation.evaluate(
-        target_of(trained_model("soft")),
-        images[start:stop],
-        labels[start:stop],
-        attacks=evaluation.resolve_attacks(list(attacks)),
-        eps_values=[0.3],
+    return range_report(
+        start,
+        stop,
+        attacks,
         settings=SETTINGS,
-        num_classes=10,
+        model_sha256=MODEL_SHA256,
+        num_examples=NUM_EXAMPLES,
         batch_size=BATCH_SIZE,
-        progress=False,
         worst_case_only=worst_case_only,
     )
-    report.metadata.update(
-        dataset="mnist",
-        split=f"test[{start}:{stop}]",
-        seed=SETTINGS.seed,
-        mixed_precision="float32",
-        model_sha256=MODEL_SHA256,
-    )
-    return report
 
 
 @functools.lru_cache(maxsize=None)
