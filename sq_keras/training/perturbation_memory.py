@@ -125,6 +125,50 @@ def _uniform(shape, eps, seed):
     return tf.random.stateless_uniform(shape, seed, -eps, eps)
 
 
+# The rows of a uniform initial memory drawn at once: 64 MiB of float32 at most
+# (and a multiple of 4 rows), so that a worker's peak is its own shard plus one
+# chunk, not the whole memory.
+INIT_CHUNK_BYTES = 64 * 2**20
+
+
+def _uniform_rows(num_rows, image_shape, eps, seed, rows, chunk_rows, encode=None):
+    """Rows `rows` (ascending) of `_uniform((num_rows, *image_shape), eps, seed)`,
+    drawn `chunk_rows` rows (a multiple of 4) at a time, each chunk's rows
+    passed through `encode` (float32 -> the stored dtype) as it is drawn.
+
+    The stateless draw is a Philox counter stream: element `i` of the whole
+    tensor is output `i % 4` of counter `counter + i // 4`, so a chunk that
+    starts at a multiple of 4 elements is drawn with its counter advanced by
+    its offset, and the rows are the whole draw's, bit for bit.
+    """
+    encode = encode or (lambda delta: delta)
+    row_size = int(np.prod(image_shape))
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    alg = tf.raw_ops.StatelessRandomGetAlg()
+    low, high = tf.constant(-eps, tf.float32), tf.constant(eps, tf.float32)
+    parts = []
+    for first in range(0, int(num_rows), chunk_rows):
+        last = min(first + chunk_rows, int(num_rows))
+        wanted = rows[(rows >= first) & (rows < last)]
+        if not len(wanted):
+            continue
+        unit = tf.raw_ops.StatelessRandomUniformV2(
+            shape=(last - first, *image_shape),
+            key=key,
+            counter=counter + tf.constant([first * row_size // 4, 0], counter.dtype),
+            alg=alg,
+            dtype=tf.float32,
+        )
+        # As `tf.random.stateless_uniform`: unit * (max - min) + min, in float32.
+        delta = unit * (high - low) + low
+        if len(wanted) < last - first:
+            delta = tf.gather(delta, wanted - first)
+        parts.append(encode(delta))
+    if not parts:
+        return encode(tf.zeros((0, *image_shape), tf.float32))
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
+
+
 def _encode(delta, dtype, eps):
     """float32 perturbations -> the memory's dtype (int8: steps of eps / 127)."""
     if dtype == "int8":
@@ -158,8 +202,9 @@ def initial_memory(
         init: "uniform" (in [-eps, eps], keyed by `seed`) or "zeros".
         shard: `(index, count)`: only the rows of the examples of shard
             `index` of `count` (`shard_examples`), the same values as the
-            whole memory's rows. A uniform start draws the whole memory's
-            float32 value to take them; zeros draws nothing.
+            whole memory's rows. A uniform start draws the memory in chunks
+            of `INIT_CHUNK_BYTES` of float32 and keeps the shard's rows, so
+            a worker never holds more than its shard and one chunk.
 
     Raises:
         ValueError: An unknown `init` or `dtype`.
@@ -172,11 +217,18 @@ def initial_memory(
     rows = shard_examples(num_train, index, count)
     if init == "zeros":
         return tf.zeros((len(rows), *image_shape), dtype)
-    shape = (int(num_train), *image_shape)
-    delta = _uniform(shape, eps, tf.constant([seed, 7_919], tf.int64))
-    if count > 1:
-        delta = tf.gather(delta, rows)
-    return _encode(delta, dtype, eps)
+    row_bytes = 4 * int(np.prod(image_shape))
+    chunk_rows = max(4, INIT_CHUNK_BYTES // row_bytes // 4 * 4)
+    seed = tf.constant([seed, 7_919], tf.int64)
+    return _uniform_rows(
+        num_train,
+        image_shape,
+        eps,
+        seed,
+        rows,
+        chunk_rows,
+        encode=lambda delta: _encode(delta, dtype, eps),
+    )
 
 
 def memory_variable(initial):

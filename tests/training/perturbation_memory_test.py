@@ -98,6 +98,23 @@ class ShardedMemoryTest(parameterized.TestCase):
         self.assertEqual(zeros.shape, (2, 2, 2, 1))
         self.assertEqual(pm.shard_examples(7, 2, 3).tolist(), [2, 5])
 
+    @parameterized.parameters(((2, 2, 1), 4), ((3, 3, 1), 4), ((28, 28, 1), 8))
+    def test_the_chunked_draw_is_the_whole_draw(self, image_shape, chunk_rows):
+        # Rows drawn a chunk at a time, with the counter advanced, are the
+        # rows of one draw of the whole memory: the initial memory does not
+        # depend on the chunk size or on how many workers share it.
+        seed = tf.constant([3, 7_919], tf.int64)
+        rows = np.arange(23)
+        for eps in (EPS, 8 / 255, 0.1):
+            whole = pm._uniform((23, *image_shape), eps, seed).numpy()
+            np.testing.assert_array_equal(
+                pm._uniform_rows(23, image_shape, eps, seed, rows, chunk_rows).numpy(), whole
+            )
+            np.testing.assert_array_equal(
+                pm._uniform_rows(23, image_shape, eps, seed, rows[1::3], chunk_rows).numpy(),
+                whole[1::3],
+            )
+
     @parameterized.parameters(("float32", 2), ("int8", 64))
     def test_each_shard_takes_at_most_what_the_formula_says(self, dtype, shards):
         num = 1_000
