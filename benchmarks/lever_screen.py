@@ -62,6 +62,14 @@ CANDIDATES = {
         "the Madry CNN at twice the width (64, 128 filters, 2048 units)",
         {"model": "madry_mnist_x2"},
     ),
+    "width4": (
+        "the Madry CNN at four times the width (128, 256 filters, 4096 units)",
+        {"model": "madry_mnist_x4"},
+    ),
+    "resnet_small": (
+        "a small pre-activation ResNet (32-filter stem, one block at 32, 64, 128 filters)",
+        {"model": "preact_resnet_mnist"},
+    ),
     "silu": ("the Madry CNN with SiLU for ReLU", {"model": "madry_mnist_silu"}),
     "trades": (
         "the TRADES objective on the free perturbation (beta 6), clean and perturbed "

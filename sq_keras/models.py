@@ -64,6 +64,13 @@ def _preact_resnet(x, num_classes, *, stem, stages, blocks_per_stage):
     return keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
 
 
+def _preact_resnet_mnist(x, num_classes):
+    """A small pre-activation ResNet for 28x28 inputs: a 32-filter stem, then
+    one block per stage at 32, 64 and 128 filters (28, 14 and 7 pixels
+    square); about three times the Madry CNN's multiply-adds per image."""
+    return _preact_resnet(x, num_classes, stem=32, stages=(32, 64, 128), blocks_per_stage=1)
+
+
 def _preact_resnet18(x, num_classes):
     """PreAct ResNet-18 as used for CIFAR-10 by Wong, Rice and Kolter 2020."""
     return _preact_resnet(x, num_classes, stem=64, stages=(64, 128, 256, 512), blocks_per_stage=2)
@@ -94,9 +101,11 @@ MODELS = {
     "madry_mnist": _madry_mnist,
     # Capacity and activation levers of MNIST's recipe (results/README.md).
     "madry_mnist_x2": functools.partial(_madry_mnist, width=2),
+    "madry_mnist_x4": functools.partial(_madry_mnist, width=4),
     "madry_mnist_silu": functools.partial(_madry_mnist, activation="silu"),
     "resnet50": _resnet50,
     "preact_resnet18": _preact_resnet18,
+    "preact_resnet_mnist": _preact_resnet_mnist,
     "wide_resnet": _wide_resnet,
 }
 

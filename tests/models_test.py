@@ -36,6 +36,15 @@ class BuildTest(parameterized.TestCase):
         logits = model(np.zeros((3, 28, 28, 1), np.float32))
         self.assertEqual(tuple(logits.shape), (3, 10))
 
+    def test_small_mnist_resnet_has_three_residual_stages(self):
+        model = models.build("preact_resnet_mnist", input_shape=(28, 28, 1), num_classes=10)
+        adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+        self.assertEqual(
+            [a.output.shape[1:] for a in adds], [(28, 28, 32), (14, 14, 64), (7, 7, 128)]
+        )
+        logits = model(np.zeros((3, 28, 28, 1), np.float32))
+        self.assertEqual(tuple(logits.shape), (3, 10))
+
     def test_madry_mnist_levers_change_width_and_activation_only(self):
         wide = models.build("madry_mnist_x2", input_shape=(28, 28, 1), num_classes=10)
         convs = [layer for layer in wide.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -43,6 +52,10 @@ class BuildTest(parameterized.TestCase):
         self.assertEqual(wide.get_layer("fc1").units, 2048)
         # conv 5*5*64+64, conv 5*5*64*128+128, fc 7*7*128*2048+2048, logits 2048*10+10
         self.assertEqual(wide.count_params(), 1664 + 204928 + 12847104 + 20490)
+        wider = models.build("madry_mnist_x4", input_shape=(28, 28, 1), num_classes=10)
+        self.assertEqual(wider.get_layer("fc1").units, 4096)
+        # conv 5*5*128+128, conv 5*5*128*256+256, fc 7*7*256*4096+4096, logits 4096*10+10
+        self.assertEqual(wider.count_params(), 3328 + 819456 + 51384320 + 40970)
         silu = models.build("madry_mnist_silu", input_shape=(28, 28, 1), num_classes=10)
         plain = models.build("madry_mnist", input_shape=(28, 28, 1), num_classes=10)
         self.assertEqual(silu.count_params(), plain.count_params())

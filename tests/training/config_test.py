@@ -87,7 +87,7 @@ class TrainConfigTest(parameterized.TestCase):
             "model",
             {"model": "vgg"},
             "Unknown model 'vgg'. Valid models: madry_mnist, madry_mnist_silu, madry_mnist_x2, "
-            "preact_resnet18, resnet50, wide_resnet.",
+            "madry_mnist_x4, preact_resnet18, preact_resnet_mnist, resnet50, wide_resnet.",
         ),
     )
     def test_message_names_the_field_the_requirement_and_the_value(self, kwargs, message):
