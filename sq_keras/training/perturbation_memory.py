@@ -129,6 +129,7 @@ def _uniform(shape, eps, seed):
 # (and a multiple of 4 rows), so that a worker's peak is its own shard plus one
 # chunk, not the whole memory.
 INIT_CHUNK_BYTES = 64 * 2**20
+_PHILOX = tf.random.Algorithm.PHILOX.value  # The stateless generator of CPUs and GPUs.
 
 
 def _uniform_rows(num_rows, image_shape, eps, seed, rows, chunk_rows, encode=None):
@@ -145,6 +146,8 @@ def _uniform_rows(num_rows, image_shape, eps, seed, rows, chunk_rows, encode=Non
     row_size = int(np.prod(image_shape))
     key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
     alg = tf.raw_ops.StatelessRandomGetAlg()
+    if int(alg) != _PHILOX:  # Another generator's counter is not advanced this way.
+        chunk_rows = int(num_rows)
     low, high = tf.constant(-eps, tf.float32), tf.constant(eps, tf.float32)
     parts = []
     for first in range(0, int(num_rows), chunk_rows):
