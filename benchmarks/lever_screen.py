@@ -49,6 +49,18 @@ CANDIDATES = {
     "default": ("MNIST's default recipe, 10 epochs", {}),
     "epochs20": ("20 epochs, the schedule scaled (drop at half)", {"epochs": 20}),
     "epochs30": ("30 epochs, the schedule scaled (drop at half)", {"epochs": 30}),
+    "epochs60": (
+        "60 epochs, the schedule scaled (drop at half), the weights of every epoch kept",
+        {"epochs": 60, "keep_epoch_weights": True},
+    ),
+    "alpha_linear": (
+        "quantizer steepness 10 -> 100 linearly over the epochs (default: geometrically)",
+        {"alpha_schedule": "linear"},
+    ),
+    "alpha_constant": (
+        "quantizer steepness 100 (the exported value) from the first epoch",
+        {"alpha_schedule": "constant"},
+    ),
     "ema": ("an EMA of the weights (decay 0.999) evaluated and exported", {"ema_decay": 0.999}),
     "ema_epochs20": (
         "20 epochs with an EMA of the weights (decay 0.999)",
