@@ -132,6 +132,12 @@ _FREE_STEP_SIZE = flags.DEFINE_float(
     "free, sq_free: signed-gradient step of each example's kept perturbation per visit "
     "(and replay); default: the dataset's multiple of --eps (1.25 for MNIST, 1 elsewhere).",
 )
+_FREE_STEP_END = flags.DEFINE_float(
+    "free_step_end",
+    None,
+    "free, sq_free: per-visit step of the run's last update; the step moves linearly "
+    "over the updates from --free_step_size to it (default: --free_step_size throughout).",
+)
 _FREE_REPLAYS = flags.DEFINE_integer(
     "free_replays",
     _DEFAULTS.free_replays,
@@ -261,6 +267,7 @@ def _train_config(policy):
         stand_in=_STAND_IN.value,
         gradnorm_weight=_GRADNORM_WEIGHT.value,
         free_step_size=_FREE_STEP_SIZE.value,
+        free_step_end=_FREE_STEP_END.value,
         free_replays=_FREE_REPLAYS.value,
         free_init=_FREE_INIT.value,
         free_memory=_FREE_MEMORY.value,

@@ -61,6 +61,10 @@ CANDIDATES = {
         "quantizer steepness 100 (the exported value) from the first epoch",
         {"alpha_schedule": "constant"},
     ),
+    "step_decay": (
+        "the per-visit step linear from 1.25 eps to 0.25 eps over the run's updates",
+        {"free_step_end": 0.075},
+    ),
     "ema": ("an EMA of the weights (decay 0.999) evaluated and exported", {"ema_decay": 0.999}),
     "ema_epochs20": (
         "20 epochs with an EMA of the weights (decay 0.999)",

@@ -44,6 +44,13 @@ def updates_per_batch(config):
     return config.free_replays if METHODS[config.method].step == "free" else 1
 
 
+def _total_updates(config, steps_per_epoch):
+    """Optimiser updates of the whole run; None when the epoch's length is unknown."""
+    if not steps_per_epoch:
+        return None
+    return config.epochs * steps_per_epoch * updates_per_batch(config)
+
+
 def build_optimizer(config, model, steps_per_epoch=None):
     """Adam, loss-scaled under `mixed_float16`, built for `model`'s variables.
 
@@ -60,9 +67,7 @@ def build_optimizer(config, model, steps_per_epoch=None):
         ValueError: A non-constant learning-rate schedule without
             `steps_per_epoch`.
     """
-    total_steps = None
-    if steps_per_epoch:
-        total_steps = config.epochs * steps_per_epoch * updates_per_batch(config)
+    total_steps = _total_updates(config, steps_per_epoch)
     ema = {"use_ema": True, "ema_momentum": config.ema_decay} if config.ema_decay else {}
     optimizer = keras.optimizers.Adam(learning_rate(config, total_steps), **ema)
     if config.mixed_precision == "mixed_float16":
@@ -86,7 +91,7 @@ def build_components(
         num_train: Training examples; needed by methods that keep
             per-example state (`Method.indexed`).
         steps_per_epoch: Batches per epoch; needed by non-constant
-            learning-rate schedules.
+            learning-rate schedules and by `free_step_end`.
         memory_shard: `(index, count)` of this worker among those that read
             the data: an indexed method's memory keeps only this worker's
             examples when `count > 1` (see `sq_keras.training.free`).
@@ -99,12 +104,14 @@ def build_components(
     Raises:
         ValueError: An indexed method with a per-example memory without
             `num_train`, or a non-constant learning-rate schedule without
-            `steps_per_epoch`.
+            `steps_per_epoch`, or `free_step_end` without it.
         sq_keras.training.perturbation_memory.MemoryBudgetError: The
             per-example memory would not fit in the host's memory.
     """
     method = METHODS[config.method]
     extra = {"num_train": num_train, "shard": memory_shard} if method.indexed else {}
+    if method.step == "free":
+        extra["total_updates"] = _total_updates(config, steps_per_epoch)
     with strategy.scope():
         model = models.build(
             config.model,

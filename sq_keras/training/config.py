@@ -76,6 +76,10 @@ class TrainConfig:
         free_step_size: Signed-gradient step of `free` / `sq_free` per visit
             (and replay); None for the dataset's multiple of `eps` (1.25 eps
             for MNIST, eps elsewhere).
+        free_step_end: `free` / `sq_free`: the per-visit step of the run's
+            last update; the step moves linearly over the optimiser's
+            updates from `free_step_size` to it. None keeps
+            `free_step_size` throughout.
         free_replays: `free` / `sq_free`: updates on each minibatch in a row,
             the perturbation carried from one to the next.
         free_init: Initial perturbation of `free` / `sq_free` (of the memory,
@@ -155,6 +159,7 @@ class TrainConfig:
     stand_in: str = "identity"
     gradnorm_weight: float = 1.0
     free_step_size: float = None
+    free_step_end: float = None
     free_replays: int = 1
     free_init: str = "uniform"
     free_memory: str = "example"
@@ -299,6 +304,17 @@ def _warmup_has_an_attack_to_ramp(config):
     return None
 
 
+def _step_schedule_has_a_free_step(config):
+    """`free_step_end` is refused where there is no free step to schedule."""
+    if config.free_step_end is not None and METHODS[config.method].step != "free":
+        free = sorted(n for n, m in METHODS.items() if m.step == "free")
+        return (
+            f"free_step_end schedules the per-visit step of {', '.join(free)}; method "
+            f"{config.method} has none. Received: {config.free_step_end!r}"
+        )
+    return None
+
+
 # In the order the checks run: the first failing one is reported.
 _CHECKS = (
     _known("method", METHODS, "methods"),
@@ -324,6 +340,7 @@ _CHECKS = (
     _check("adv_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     _at_least("gradnorm_weight", 0),
     _check("free_step_size", lambda v: v is None or v > 0, "must be > 0"),
+    _check("free_step_end", lambda v: v is None or v > 0, "must be > 0"),
     _at_least("free_replays", 1),
     _one_of("free_init", FREE_INITS),
     _one_of("free_memory", FREE_MEMORIES),
@@ -332,6 +349,7 @@ _CHECKS = (
     _at_least("trades_beta", 0),
     _per_example_state_fits,
     _warmup_has_an_attack_to_ramp,
+    _step_schedule_has_a_free_step,
     _one_of("stand_in", attacks.STAND_INS),
     _at_least("train_examples", 1, optional=True),
     _one_of("strategy", distribute.STRATEGIES),

@@ -272,6 +272,8 @@ class FreeUpdate:
             `free_replays`).
         regularization: Optional callable returning the model's
             regularization losses (see `loss_and_gradients`).
+        total_updates: Optimiser updates of the whole run; needed when
+            `config.free_step_end` schedules the step (`step_size`).
     """
 
     model_fn: typing.Callable
@@ -279,13 +281,37 @@ class FreeUpdate:
     variables: list
     config: object
     regularization: typing.Callable = None
+    total_updates: int = None
+
+    def __post_init__(self):
+        if self.config.free_step_end is not None and not self.total_updates:
+            raise ValueError(
+                "free_step_end schedules the per-visit step over the run's updates, whose "
+                "number is unknown here (a stream that does not say its size, or a step "
+                "built without it). Leave free_step_end unset for a constant step."
+            )
+
+    def step_size(self):
+        """The signed step of the update the optimiser has just applied.
+
+        `config.free_step_size`, or with `config.free_step_end` linear in the
+        optimiser's updates from `free_step_size` (the first update) to
+        `free_step_end` (the last of `total_updates`). A function of the
+        checkpointed update counter, so a resumed run continues the schedule.
+        """
+        start, end = self.config.free_step_size, self.config.free_step_end
+        if end is None:
+            return start
+        done = tf.cast(self.optimizer.iterations - 1, tf.float32)
+        frac = tf.clip_by_value(done / float(max(self.total_updates - 1, 1)), 0.0, 1.0)
+        return start + (end - start) * frac
 
     def replays(self, x_adv, images, labels):
         """`config.free_replays` updates, each on the last one's perturbed batch.
 
         Each update scales the summed loss by the global batch size (and the
         optimiser's loss scale) and moves `x_adv` one signed step of
-        `config.free_step_size`, back into the eps-ball around `images`.
+        `step_size()`, back into the eps-ball around `images`.
 
         Returns:
             `(x_adv, per_example_losses, logits)`: the last perturbed batch,
@@ -327,7 +353,7 @@ class FreeUpdate:
                 input_grad,
                 images,
                 eps=self.config.eps,
-                step_size=self.config.free_step_size,
+                step_size=self.step_size(),
                 skip_non_finite=isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
             )
         return x_next, per_example, logits
@@ -374,10 +400,12 @@ class FreeStep:
         return self._step(images, labels, indices)
 
 
-def build_free_step(model, optimizer, config, strategy, *, num_train=None, shard=(0, 1)):
+def build_free_step(
+    model, optimizer, config, strategy, *, num_train=None, shard=(0, 1), total_updates=None
+):
     """Free adversarial training of `model` on a training set of `num_train` examples.
 
-    Uses `config.eps`, `config.free_step_size`, `config.free_replays`,
+    Uses `config.eps`, `config.free_step_size`, `config.free_step_end`, `config.free_replays`,
     `config.free_init`, `config.free_memory`, `config.free_memory_dtype`,
     `config.stand_in` and `config.seed`. Call under `strategy.scope()`.
 
@@ -385,19 +413,26 @@ def build_free_step(model, optimizer, config, strategy, *, num_train=None, shard
         shard: `(index, count)`: this worker reads only the examples with
             `index % count == shard index` and keeps only their memory
             (`ShardedMemory`); `(0, 1)` keeps the whole memory, mirrored.
+        total_updates: Optimiser updates of the whole run; needed with
+            `config.free_step_end`.
 
     Returns:
         A `FreeStep`.
 
     Raises:
         MemoryBudgetError: The memory would not fit in the host's memory.
+        ValueError: `config.free_step_end` without `total_updates`.
     """
     model_fn = shared_backward_model(model, stand_in=config.stand_in)
     memory = make_memory(
         config, num_train=num_train, image_shape=model.input_shape[1:], shard=shard
     )
     update = FreeUpdate(
-        lambda x: model_fn(x, training=True), optimizer, model.trainable_variables, config
+        lambda x: model_fn(x, training=True),
+        optimizer,
+        model.trainable_variables,
+        config,
+        total_updates=total_updates,
     )
 
     def replica_step(images, labels, indices):

@@ -36,6 +36,13 @@ class TrainConfigTest(parameterized.TestCase):
         ("lr_drop_fraction", {"lr_drop_fraction": 1.0}, "lr_drop_fraction must be in"),
         ("free_replays", {"method": "sq_free", "free_replays": 0}, "free_replays must be"),
         ("free_step_size", {"method": "free", "free_step_size": 0.0}, "free_step_size must"),
+        ("free_step_end", {"method": "sq_free", "free_step_end": 0.0}, "free_step_end must"),
+        (
+            "free_step_end_without_a_free_step",
+            {"method": "sq_fgsm", "free_step_end": 0.1},
+            "free_step_end schedules the per-visit step of free, sq_free; method sq_fgsm "
+            "has none. Received: 0.1",
+        ),
         ("free_init", {"free_init": "normal"}, "free_init must be one of uniform, zeros"),
         ("free_memory_dtype", {"free_memory_dtype": "float16"}, "free_memory_dtype must be"),
         ("free_memory", {"free_memory": "replay"}, "free_memory must be"),

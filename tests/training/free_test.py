@@ -231,6 +231,38 @@ class PerturbationMemoryTest(parameterized.TestCase):
         largest = float(np.abs(step.memory.variable.numpy()).max())
         self.assertAlmostEqual(largest, 0.1 * replays, places=5)
 
+    def test_free_step_end_moves_the_step_linearly_over_the_runs_updates(self):
+        # One epoch of 10 batches (`_components`), each batch new examples with a
+        # zero start: a row's largest entry after its one visit is that update's step.
+        images, labels = _mnist(80)
+        _, _, step = _components(
+            num_train=80,
+            epochs=1,
+            free_init="zeros",
+            free_step_size=0.2,
+            free_step_end=0.02,
+        )
+        for batch in range(10):
+            rows = np.arange(8 * batch, 8 * batch + 8)
+            step(images[rows], labels[rows], rows)
+        memory = step.memory.variable.numpy().reshape(10, -1)
+        np.testing.assert_allclose(
+            np.abs(memory).max(axis=1), np.linspace(0.2, 0.02, 10), rtol=1e-5
+        )
+
+    def test_free_step_end_needs_the_runs_length(self):
+        config = training.TrainConfig(
+            dataset="mnist",
+            method="sq_free",
+            free_step_end=0.1,
+            lr_schedule="constant",
+            mixed_precision="float32",
+        ).resolved()
+        with self.assertRaisesRegex(ValueError, "free_step_end schedules the per-visit step"):
+            training.build_components(
+                config, data.get_info("mnist"), tf.distribute.get_strategy(), num_train=64
+            )
+
     def test_a_step_visits_only_the_examples_it_is_given(self):
         images, labels = _mnist(32)
         _, _, step = _components(num_train=100, method="free", free_init="zeros")
@@ -396,9 +428,19 @@ class SignedStepTest(parameterized.TestCase):
 
 
 class FreeTrainingRunTest(parameterized.TestCase):
-    def test_a_run_killed_in_epoch_two_resumes_to_identical_metrics(self):
+    @parameterized.named_parameters(
+        ("constant_step", {}),
+        # The scheduled step reads the checkpointed update counter.
+        ("scheduled_step", {"free_step_end": 0.05}),
+    )
+    def test_a_run_killed_in_epoch_two_resumes_to_identical_metrics(self, schedule):
         kwargs = dict(
-            method="sq_free", epochs=2, train_examples=600, eval_examples=500, deterministic=True
+            method="sq_free",
+            epochs=2,
+            train_examples=600,
+            eval_examples=500,
+            deterministic=True,
+            **schedule,
         )
         straight = training.train(small_config(self.create_tempdir().full_path, **kwargs))
         model_dir = self.create_tempdir().full_path
