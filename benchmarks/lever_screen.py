@@ -11,7 +11,10 @@ is attacked on the test set: the screen selects, the test set only reports on
 the winner. `--time_steps` times every candidate's train step round-robin in
 one process against the `natural` step of the same architecture
 (`sq_keras.throughput`), so a lever's cost is a ratio that other load on the
-machine does not bias.
+machine does not bias. `--early_stop` measures early stopping on a held-out
+robust probe for a candidate that kept its epochs' weights (`epochs60`): the
+epoch whose weights score best on `--probe` (training images neither the
+training nor `--holdout` uses) is the one attacked on `--holdout`.
 
 Results are merged into `--output` by candidate, so runs of some candidates
 at a time (or on other machines) build one table (`--merge_from` merges
@@ -22,6 +25,8 @@ Usage:
   SQ_KERAS_DATA_DIR=../shared/data python benchmarks/lever_screen.py \
       --candidates=default,epochs20 --output=results/mnist_lever_screen.json
   python benchmarks/lever_screen.py --candidates=default,epochs20 --time_steps \
+      --output=results/mnist_lever_screen.json
+  python benchmarks/lever_screen.py --candidates=epochs60 --notrain --early_stop \
       --output=results/mnist_lever_screen.json
 """
 
@@ -38,11 +43,14 @@ sys.path.insert(0, _ROOT)
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from sq_keras import data  # noqa: E402
+from sq_keras import evaluation  # noqa: E402
 from sq_keras import jsonio  # noqa: E402
 from sq_keras import precision  # noqa: E402
 from sq_keras import provenance  # noqa: E402
 from sq_keras import throughput  # noqa: E402
 from sq_keras import training  # noqa: E402
+from sq_keras.reproduce import attacking  # noqa: E402
 
 # name -> (what it changes, TrainConfig settings over MNIST's default recipe).
 CANDIDATES = {
@@ -121,6 +129,21 @@ _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "Write --output as a Markdown table here, and do nothing else."
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Round-robin repeats of --time_steps.")
+_EARLY_STOP = flags.DEFINE_boolean(
+    "early_stop",
+    False,
+    "Early stopping on a robust probe, for each candidate trained with its epochs' weights "
+    "kept: attack them on --probe, take the best epoch's weights, attack those on "
+    "--holdout and record the row <candidate>_early_stop.",
+)
+_PROBE = flags.DEFINE_string(
+    "probe",
+    "train[52000:52500]",
+    "--early_stop's probe: training images that neither training nor --holdout uses.",
+)
+_PROBE_EVERY = flags.DEFINE_integer(
+    "probe_every", 5, "--early_stop probes every this many epochs' weights, and the last."
+)
 
 
 def _settings(name):
@@ -185,6 +208,83 @@ def train_and_attack(name):
         "total_train_seconds": results["total_train_seconds"],
         "thresholds": results["thresholds"],
         "trained_at": jsonio.read_json(os.path.join(out_dir, "run", "config.json"))["environment"][
+            "git_commit"
+        ],
+        "commit": provenance.environment()["git_commit"],
+        "machine": provenance.environment()["machine"],
+    }
+
+
+def _range(split):
+    """`train[a:b]` -> `range(a, b)`; None for any other form of split."""
+    match = re.fullmatch(r"train\[(\d+):(\d+)\]", split)
+    return range(int(match[1]), int(match[2])) if match else None
+
+
+def _check_probe():
+    """The probe must be held out: from training and from the images it is judged on."""
+    probe, holdout = _range(_PROBE.value), _range(_HOLDOUT.value)
+    if probe is None or holdout is None:
+        raise app.UsageError("--early_stop needs --probe and --holdout as train[a:b].")
+    overlaps = [
+        name
+        for name, other in (
+            ("--holdout", holdout),
+            ("the training images", range(_TRAIN_EXAMPLES.value)),
+        )
+        if probe.start < other.stop and other.start < probe.stop
+    ]
+    if overlaps:
+        raise app.UsageError(f"--probe={_PROBE.value} overlaps {' and '.join(overlaps)}.")
+
+
+def early_stop(name, log):
+    """Row `<name>_early_stop`: the best-probing epoch's weights on the held-out images.
+
+    The epochs' scores on `--probe` and the chosen epoch's on `--holdout` use
+    the screen's attacks and `apps.evaluate`'s default settings, cached in the
+    run's `evaluation/` folder. Ties go to the earlier epoch.
+    """
+    run_dir = os.path.abspath(os.path.join(_WORKDIR.value, name, "run"))
+    history = jsonio.read_json(os.path.join(run_dir, "history.json"))
+    last = history[-1]["epoch"]
+    probed = [r for r in history if r["epoch"] % _PROBE_EVERY.value == 0 or r["epoch"] == last]
+    score = dict(
+        dataset="mnist",
+        eps=data.get_info("mnist").eps,
+        settings=evaluation.AttackSettings(),
+        eval_policy="float32",
+        log=log,
+    )
+    curve = attacking.robustness_curve(
+        run_dir,
+        probed,
+        attacking.load_split("mnist", _PROBE.value),
+        filename=f"probe_{_slug(_PROBE.value)}_every_{_PROBE_EVERY.value}.json",
+        **score,
+    )
+    best = max(curve["points"], key=lambda p: (p["robust_accuracy"], -p["epoch"]))
+    chosen = [r for r in history if r["epoch"] == best["epoch"]]
+    judged = attacking.robustness_curve(
+        run_dir,
+        chosen,
+        attacking.load_split("mnist", _HOLDOUT.value),
+        filename=f"holdout_{_slug(_HOLDOUT.value)}_epoch_{best['epoch']}.json",
+        **score,
+    )["points"][0]
+    return {
+        "note": f"{CANDIDATES[name][0]}; early stopping: the weights of the epoch that "
+        f"scored best on {_PROBE.value} (every {_PROBE_EVERY.value} epochs probed), "
+        f"epoch {best['epoch']}",
+        "holdout": _HOLDOUT.value,
+        "probe": _PROBE.value,
+        "probe_curve": curve["points"],
+        "settings": _settings(name),
+        "clean": judged["clean_accuracy"],
+        "holdout_worst_case": judged["robust_accuracy"],
+        "epochs_done": best["epoch"],
+        "total_train_seconds": sum(r["seconds"] for r in history[: best["epoch"]]),
+        "trained_at": jsonio.read_json(os.path.join(run_dir, "config.json"))["environment"][
             "git_commit"
         ],
         "commit": provenance.environment()["git_commit"],
@@ -317,6 +417,16 @@ def main(argv):
                 flush=True,
             )
             _merge({name: row}, "screen")
+    if _EARLY_STOP.value:
+        _check_probe()
+        for name in _CANDIDATES.value:
+            row = early_stop(name, log=lambda line: print(line, flush=True))
+            print(
+                f"{name}_early_stop: epoch {row['epochs_done']}, clean {row['clean']:.1f}%, "
+                f"held-out worst case {row['holdout_worst_case']:.1f}%",
+                flush=True,
+            )
+            _merge({f"{name}_early_stop": {**row, "policy": policy}}, "screen")
     if _TIME_STEPS.value:
         costs = time_steps(_CANDIDATES.value, log=lambda line: print(line, flush=True))
         for name, cost in costs.items():
