@@ -100,6 +100,10 @@ CANDIDATES = {
         "batches as one",
         {"free_loss": "trades"},
     ),
+    "trades_beta3": (
+        "the TRADES objective on the free perturbation at beta 3 (half the KL weight)",
+        {"free_loss": "trades", "trades_beta": 3.0},
+    ),
     "eps035": (
         "trained at eps 0.35 (a margin over the attacked 0.3), step 1.25 eps per visit",
         {"eps": 0.35},
