@@ -104,6 +104,10 @@ CANDIDATES = {
         "the TRADES objective on the free perturbation at beta 3 (half the KL weight)",
         {"free_loss": "trades", "trades_beta": 3.0},
     ),
+    "width2_trades_beta3": (
+        "the two gains together: the Madry CNN at twice the width, TRADES at beta 3",
+        {"model": "madry_mnist_x2", "free_loss": "trades", "trades_beta": 3.0},
+    ),
     "eps035": (
         "trained at eps 0.35 (a margin over the attacked 0.3), step 1.25 eps per visit",
         {"eps": 0.35},
