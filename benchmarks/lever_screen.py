@@ -73,6 +73,10 @@ CANDIDATES = {
         "the per-visit step linear from 1.25 eps to 0.25 eps over the run's updates",
         {"free_step_end": 0.075},
     ),
+    "k3_margin": (
+        "the quantizer with K = 3 thresholds kept in [0.35, 0.65] (default: K = 1 in [0, 1])",
+        {"num_thresholds": 3, "threshold_margin": 0.35},
+    ),
     "ema": ("an EMA of the weights (decay 0.999) evaluated and exported", {"ema_decay": 0.999}),
     "ema_epochs20": (
         "20 epochs with an EMA of the weights (decay 0.999)",
