@@ -229,8 +229,13 @@ def train_and_attack(name):
 
 def _range(split):
     """`train[a:b]` -> `range(a, b)`; None for any other form of split."""
-    match = re.fullmatch(r"train\[(\d+):(\d+)\]", split)
-    return range(int(match[1]), int(match[2])) if match else None
+    try:
+        base, start, stop = data.split_slice(split)
+    except ValueError:
+        return None
+    if base != "train" or start is None or stop is None or start < 0 or stop < 0:
+        return None
+    return range(start, stop)
 
 
 def _check_probe():
